@@ -1,0 +1,117 @@
+//! `cargo xtask`: project automation (reproduction grids, benchmarks, fixture regeneration).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod paper;
+mod params;
+mod preset;
+mod reproduce;
+mod svg;
+mod tables;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "kdlora project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Reproduce the paper's Tables 1 and 2 for a preset (default: cpu).
+    Reproduce {
+        #[arg(value_enum, default_value_t = Preset::Cpu)]
+        preset: Preset,
+        /// Results folder (default: results/<preset>).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Print the grid without running it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Regenerate the Hugging Face parity fixtures with the pinned Python environment.
+    Fixtures {
+        /// Python interpreter with torch, transformers and peft installed (versions pinned in the scripts).
+        #[arg(long, env = "KDLORA_FIXTURE_PYTHON", default_value = "python3")]
+        python: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// The paper's three families on all GLUE tasks (GPU).
+    Paper,
+    /// The ../shared MiniLM pair on GLUE (this 2-core CPU, under an hour).
+    Cpu,
+    /// Two small tasks, one epoch (minutes).
+    Quick,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Preset::Paper => "paper",
+            Preset::Cpu => "cpu",
+            Preset::Quick => "quick",
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn shared_dir(root: &Path) -> PathBuf {
+    std::env::var_os("KDLORA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("..").join("shared"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Reproduce {
+            preset,
+            results,
+            dry_run,
+        } => reproduce::run(
+            &root,
+            &shared_dir(&root),
+            &reproduce::Options {
+                preset: preset.name().to_string(),
+                results,
+                dry_run,
+            },
+        ),
+        Task::Fixtures { python } => fixtures(&root, &python),
+    }
+}
+
+fn fixtures(root: &Path, python: &str) -> Result<()> {
+    let dir = root.join("tests/fixtures");
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .collect();
+    scripts.sort();
+    for script in scripts {
+        eprintln!("running {}", script.display());
+        let status = Command::new(python)
+            .arg(&script)
+            .current_dir(root)
+            .status()
+            .with_context(|| format!("starting {python}"))?;
+        if !status.success() {
+            bail!("{} failed with {status}", script.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Reproduction presets (`configs/<preset>/reproduce.toml`) and their expansion into run cells.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The three recipes of the paper's Table 1, in table order.
+pub const METHODS: [&str; 3] = ["fft", "lora", "kd-lora"];
+
+/// A preset file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub description: String,
+    /// Number of best configurations whose median is reported (the paper: 6).
+    pub top_k: usize,
+    pub seeds: Vec<u64>,
+    pub families: Vec<Family>,
+    pub tasks: Vec<TaskEntry>,
+    /// RunConfig keys applied to every run.
+    #[serde(default)]
+    pub common: toml::Table,
+    /// Per method, RunConfig keys (dotted for nested tables) to lists of values.
+    pub grid: BTreeMap<String, BTreeMap<String, Vec<toml::Value>>>,
+}
+
+/// A model family: teacher-size model (FFT and LoRA baselines) and its student (KD-LoRA).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Family {
+    pub name: String,
+    pub teacher: String,
+    pub student: String,
+}
+
+/// A GLUE task and where its data lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    pub name: String,
+    pub data: String,
+    /// Validation rows come from a labelled subset of the train split (not comparable to GLUE dev).
+    #[serde(default)]
+    pub subset: bool,
+}
+
+/// One training run of the grid.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub family: String,
+    pub task: String,
+    pub subset: bool,
+    pub method: String,
+    /// Short stable name of the configuration (`lr5e-4_bs16_r8`), seed included.
+    pub config_id: String,
+    /// RunConfig as TOML, without `out` and `teacher` (set when the cell runs).
+    pub run_config: toml::Table,
+    pub seed: u64,
+}
+
+impl Cell {
+    /// The run folder below the preset's results folder.
+    pub fn run_dir(&self, results: &Path) -> PathBuf {
+        results
+            .join("runs")
+            .join(&self.family)
+            .join(&self.task)
+            .join(&self.method)
+            .join(&self.config_id)
+    }
+}
+
+impl Preset {
+    /// Reads and checks a preset file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let preset: Preset =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if preset.top_k == 0 {
+            bail!("{}: top_k must be at least 1", path.display());
+        }
+        if preset.seeds.is_empty() || preset.families.is_empty() || preset.tasks.is_empty() {
+            bail!("{}: seeds, families and tasks must not be empty", path.display());
+        }
+        for method in METHODS {
+            if !preset.grid.contains_key(method) {
+                bail!("{}: missing [grid.{method}]", path.display());
+            }
+        }
+        for key in preset.grid.keys() {
+            if !METHODS.contains(&key.as_str()) {
+                bail!(
+                    "{}: unknown method [grid.{key}] (expected one of {})",
+                    path.display(),
+                    METHODS.join(", ")
+                );
+            }
+        }
+        Ok(preset)
+    }
+
+    /// Every run of the grid, teachers (FFT) first so distillation finds them.
+    pub fn cells(&self, vars: &Vars) -> Result<Vec<Cell>> {
+        let mut cells = Vec::new();
+        for method in METHODS {
+            let combos = expand(&self.grid[method]);
+            for family in &self.families {
+                for task in &self.tasks {
+                    for combo in &combos {
+                        for &seed in &self.seeds {
+                            let model = if method == "kd-lora" {
+                                &family.student
+                            } else {
+                                &family.teacher
+                            };
+                            let mut table = self.common.clone();
+                            table.insert("method".into(), method.into());
+                            table.insert("task".into(), task.name.clone().into());
+                            table.insert("model".into(), vars.expand(model)?.into());
+                            table.insert("data".into(), vars.expand(&task.data)?.into());
+                            table.insert("seed".into(), (seed as i64).into());
+                            for (key, value) in combo {
+                                set_dotted(&mut table, key, value.clone());
+                            }
+                            cells.push(Cell {
+                                family: family.name.clone(),
+                                task: task.name.clone(),
+                                subset: task.subset,
+                                method: method.to_string(),
+                                config_id: format!("{}_s{seed}", combo_id(combo)),
+                                run_config: table,
+                                seed,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// The cartesian product of a method's grid, keys in sorted order.
+fn expand(grid: &BTreeMap<String, Vec<toml::Value>>) -> Vec<Vec<(String, toml::Value)>> {
+    let mut combos: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
+    for (key, values) in grid {
+        let mut next = Vec::with_capacity(combos.len() * values.len());
+        for combo in &combos {
+            for value in values {
+                let mut c = combo.clone();
+                c.push((key.clone(), value.clone()));
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    combos
+}
+
+fn combo_id(combo: &[(String, toml::Value)]) -> String {
+    if combo.is_empty() {
+        return "default".into();
+    }
+    combo
+        .iter()
+        .map(|(key, value)| {
+            let short = key.rsplit('.').next().unwrap_or(key);
+            let short = match short {
+                "batch_size" => "bs",
+                "weight_decay" => "wd",
+                "epochs" => "ep",
+                "dropout" => "do",
+                other => other,
+            };
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{short}{value}")
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_dotted(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// `${NAME}` substitution in preset paths.
+pub struct Vars {
+    vars: BTreeMap<String, String>,
+}
+
+impl Vars {
+    pub fn new(vars: BTreeMap<String, String>) -> Self {
+        Self { vars }
+    }
+
+    pub fn expand(&self, text: &str) -> Result<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                bail!("unterminated `${{` in `{text}`");
+            };
+            let name = &after[..end];
+            let value = self
+                .vars
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
+                .with_context(|| format!("`{text}` uses ${{{name}}}, which is not set"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_expands_to_the_cartesian_product_with_nested_keys() {
+        let preset: Preset = toml::from_str(
+            r#"
+description = "t"
+top_k = 1
+seeds = [1, 2]
+[[families]]
+name = "F"
+teacher = "${ROOT}/t"
+student = "${ROOT}/s"
+[[tasks]]
+name = "rte"
+data = "${ROOT}/glue"
+[common]
+epochs = 1
+[grid.fft]
+lr = [1e-5, 2e-5]
+[grid.lora]
+"lora.r" = [4, 8]
+"lora.alpha" = [16.0]
+[grid.kd-lora]
+lr = [5e-4]
+"#,
+        )
+        .unwrap();
+        let vars = Vars::new(BTreeMap::from([("ROOT".to_string(), "/x".to_string())]));
+        let cells = preset.cells(&vars).unwrap();
+        // fft: 2 lr x 2 seeds, lora: 2 r x 2 seeds, kd-lora: 1 x 2 seeds
+        assert_eq!(cells.len(), 10);
+        assert_eq!(cells[0].method, "fft");
+        let kd = cells.iter().find(|c| c.method == "kd-lora").unwrap();
+        assert_eq!(kd.run_config["model"].as_str(), Some("/x/s"));
+        let lora = cells.iter().find(|c| c.method == "lora").unwrap();
+        assert_eq!(lora.run_config["lora"]["r"].as_integer(), Some(4));
+        assert_eq!(lora.run_config["model"].as_str(), Some("/x/t"));
+        assert_eq!(lora.config_id, "alpha16.0_r4_s1");
+        let ids: std::collections::BTreeSet<_> = cells
+            .iter()
+            .map(|c| c.run_dir(Path::new("/r")))
+            .collect();
+        assert_eq!(ids.len(), cells.len(), "run folders are unique");
+    }
+
+    #[test]
+    fn unknown_variable_is_an_error() {
+        let vars = Vars::new(BTreeMap::new());
+        let err = vars.expand("${NOPE_NOT_SET_ANYWHERE}/x").unwrap_err();
+        assert!(err.to_string().contains("NOPE_NOT_SET_ANYWHERE"));
+    }
+
+    #[test]
+    fn every_committed_preset_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for name in ["quick", "cpu", "paper"] {
+            let preset = Preset::load(&root.join(format!("configs/{name}/reproduce.toml")))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let vars = Vars::new(BTreeMap::from([
+                ("KDLORA_SHARED".to_string(), "/s".to_string()),
+                ("KDLORA_GLUE".to_string(), "/g".to_string()),
+            ]));
+            assert!(!preset.cells(&vars).unwrap().is_empty());
+        }
+    }
+}

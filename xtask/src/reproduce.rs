@@ -1,0 +1,226 @@
+//! `cargo xtask reproduce`: runs a preset's grid through the `kdlora` binary (one process per run, so
+//! each run's peak memory is its own), resuming finished runs, then writes the tables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::preset::{Cell, Preset, Vars};
+use crate::tables::{self, CellResult};
+
+pub struct Options {
+    pub preset: String,
+    pub results: Option<PathBuf>,
+    /// Only print the grid.
+    pub dry_run: bool,
+}
+
+pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
+    let preset_path = root.join("configs").join(&options.preset).join("reproduce.toml");
+    let preset = Preset::load(&preset_path)?;
+    let vars = Vars::new(BTreeMap::from([
+        ("KDLORA_SHARED".to_string(), shared.display().to_string()),
+        (
+            "KDLORA_GLUE".to_string(),
+            std::env::var("KDLORA_GLUE")
+                .unwrap_or_else(|_| root.join("data/glue").display().to_string()),
+        ),
+    ]));
+    let cells = preset.cells(&vars)?;
+    check_inputs(&cells, &options.preset)?;
+    let results = options
+        .results
+        .clone()
+        .unwrap_or_else(|| root.join("results").join(&options.preset));
+    eprintln!(
+        "reproduce {}: {} ({} runs: {} families x {} tasks x 3 methods, {} seed(s)) -> {}",
+        options.preset,
+        preset.description,
+        cells.len(),
+        preset.families.len(),
+        preset.tasks.len(),
+        preset.seeds.len(),
+        results.display()
+    );
+    if options.dry_run {
+        for cell in &cells {
+            eprintln!(
+                "  {} {} {} {}",
+                cell.family, cell.task, cell.method, cell.config_id
+            );
+        }
+        return Ok(());
+    }
+    let kdlora = build_cli(root)?;
+    let grid_dir = results.join("grid");
+    std::fs::create_dir_all(&grid_dir)
+        .with_context(|| format!("creating {}", grid_dir.display()))?;
+
+    let started = Instant::now();
+    let mut ran_seconds = Vec::new();
+    let mut outcomes: Vec<CellResult> = Vec::with_capacity(cells.len());
+    let mut failures = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let run_dir = cell.run_dir(&results);
+        let label = format!(
+            "[{}/{}] {} {} {} {}",
+            i + 1,
+            cells.len(),
+            cell.family,
+            cell.task,
+            cell.method,
+            cell.config_id
+        );
+        let metrics_path = run_dir.join("metrics.json");
+        if metrics_path.is_file() {
+            eprintln!("{label}: finished earlier, reused");
+            outcomes.push(CellResult::load(cell, &run_dir)?);
+            continue;
+        }
+        let teacher = if cell.method == "kd-lora" {
+            match best_teacher(cell, &outcomes) {
+                Some(dir) => Some(dir),
+                None => {
+                    let msg = format!("{label}: no finished FFT teacher run for this task");
+                    eprintln!("{msg}; skipped");
+                    failures.push(msg);
+                    outcomes.push(CellResult::failed(cell, &run_dir));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let mut table = cell.run_config.clone();
+        table.insert("out".into(), run_dir.display().to_string().into());
+        if let Some(teacher) = &teacher {
+            table.insert("teacher".into(), teacher.display().to_string().into());
+        }
+        let config_path = grid_dir.join(format!(
+            "{}-{}-{}-{}.toml",
+            cell.family, cell.task, cell.method, cell.config_id
+        ));
+        std::fs::write(&config_path, toml::to_string_pretty(&table)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let eta = eta(&ran_seconds, cells.len() - i);
+        eprintln!("{label}: training{eta}");
+        let t0 = Instant::now();
+        let mut cmd = Command::new(&kdlora);
+        cmd.arg("train").arg("--config").arg(&config_path);
+        if run_dir.exists() {
+            cmd.arg("--resume");
+        }
+        let status = cmd
+            .status()
+            .with_context(|| format!("starting {}", kdlora.display()))?;
+        let seconds = t0.elapsed().as_secs_f64();
+        ran_seconds.push(seconds);
+        if !status.success() || !metrics_path.is_file() {
+            let msg = format!("{label}: `kdlora train --config {}` failed ({status})", config_path.display());
+            eprintln!("{msg}");
+            failures.push(msg);
+            outcomes.push(CellResult::failed(cell, &run_dir));
+            continue;
+        }
+        eprintln!("{label}: done in {seconds:.0} s");
+        outcomes.push(CellResult::load(cell, &run_dir)?);
+    }
+    tables::write_all(&results, &options.preset, &preset, &outcomes, &vars)?;
+    eprintln!(
+        "reproduce {}: {} runs in {:.1} min; tables in {}",
+        options.preset,
+        cells.len(),
+        started.elapsed().as_secs_f64() / 60.0,
+        results.display()
+    );
+    if !failures.is_empty() {
+        bail!(
+            "{} run(s) failed; the tables mark them. Rerun the same command to retry them:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn eta(ran: &[f64], remaining: usize) -> String {
+    if ran.is_empty() {
+        return String::new();
+    }
+    let mean = ran.iter().sum::<f64>() / ran.len() as f64;
+    format!(
+        " (about {:.0} min left for {remaining} runs)",
+        mean * remaining as f64 / 60.0
+    )
+}
+
+/// The finished FFT run with the best last-epoch dev score for the same family and task.
+fn best_teacher(cell: &Cell, outcomes: &[CellResult]) -> Option<PathBuf> {
+    outcomes
+        .iter()
+        .filter(|o| o.family == cell.family && o.task == cell.task && o.method == "fft")
+        .filter_map(|o| o.score.map(|s| (s, &o.run_dir)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, dir)| dir.clone())
+}
+
+/// Fails early, naming what to get, when a preset's local models or data are absent.
+fn check_inputs(cells: &[Cell], preset: &str) -> Result<()> {
+    let mut missing = std::collections::BTreeSet::new();
+    for cell in cells {
+        for key in ["model", "data"] {
+            let Some(value) = cell.run_config.get(key).and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let path = Path::new(value);
+            // Hub ids (`bert-base-uncased`, `microsoft/deberta-v3-base`) are resolved by kdlora.
+            let looks_local = path.is_absolute() || value.starts_with('.');
+            if looks_local && !path.exists() {
+                missing.insert(value.to_string());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "preset `{preset}` needs these local folders, which do not exist:\n  {}\n\
+             Point KDLORA_SHARED at a folder with models/all-MiniLM-L6-v2, models/paraphrase-MiniLM-L3-v2, \
+             glue/ and glue-subsets/ (the cpu and quick presets), or KDLORA_GLUE at GLUE in its original \
+             layout (`kdlora data download --task all --out DIR`, the paper preset). See data/README.md.",
+            missing.into_iter().collect::<Vec<_>>().join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Builds the `kdlora` binary in the profile xtask itself runs in and returns its path.
+fn build_cli(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args(["build", "-p", "kdlora-cli"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build -p kdlora-cli")?;
+    if !status.success() {
+        bail!("building the kdlora binary failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    let bin = target
+        .join(if release { "release" } else { "debug" })
+        .join("kdlora");
+    if !bin.is_file() {
+        bail!("expected the kdlora binary at {}", bin.display());
+    }
+    Ok(bin)
+}

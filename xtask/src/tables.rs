@@ -1,0 +1,582 @@
+//! Aggregation of finished runs into the paper's tables: `table1.md`, `table2.md`, `results.json` and
+//! SVG charts under `results/<preset>/`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::params;
+use crate::paper;
+use crate::preset::{Cell, METHODS, Preset, Vars};
+use crate::svg;
+
+/// What one finished (or failed) run contributed.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellResult {
+    pub family: String,
+    pub task: String,
+    pub subset: bool,
+    pub method: String,
+    /// Configuration without the seed (seeds of one configuration are averaged).
+    pub config: String,
+    pub seed: u64,
+    pub run_dir: PathBuf,
+    /// Last-epoch dev score (what the paper reports), x100.
+    pub score: Option<f64>,
+    /// Best-epoch dev score, x100.
+    pub best_score: Option<f64>,
+    /// MNLI mismatched last-epoch score when the run evaluated it.
+    pub score_mismatched: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    pub inference_seconds: Option<f64>,
+    pub train_examples_per_second: Option<f64>,
+    pub trainable_params: Option<u64>,
+    pub total_params: Option<u64>,
+}
+
+fn pointer_f64(v: &Value, ptr: &str) -> Option<f64> {
+    v.pointer(ptr).and_then(Value::as_f64)
+}
+
+fn pointer_u64(v: &Value, ptr: &str) -> Option<u64> {
+    v.pointer(ptr).and_then(Value::as_u64)
+}
+
+impl CellResult {
+    fn empty(cell: &Cell, run_dir: &Path) -> Self {
+        let config = cell
+            .config_id
+            .rsplit_once("_s")
+            .map_or(cell.config_id.clone(), |(c, _)| c.to_string());
+        CellResult {
+            family: cell.family.clone(),
+            task: cell.task.clone(),
+            subset: cell.subset,
+            method: cell.method.clone(),
+            config,
+            seed: cell.seed,
+            run_dir: run_dir.to_path_buf(),
+            score: None,
+            best_score: None,
+            score_mismatched: None,
+            peak_rss_mib: None,
+            inference_seconds: None,
+            train_examples_per_second: None,
+            trainable_params: None,
+            total_params: None,
+        }
+    }
+
+    /// A run that did not finish.
+    pub fn failed(cell: &Cell, run_dir: &Path) -> Self {
+        Self::empty(cell, run_dir)
+    }
+
+    /// Reads a finished run's `metrics.json`.
+    pub fn load(cell: &Cell, run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("metrics.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let m: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut r = Self::empty(cell, run_dir);
+        r.score = pointer_f64(&m, "/last/score");
+        r.best_score = pointer_f64(&m, "/best/score");
+        r.score_mismatched = pointer_f64(&m, "/last/score_mismatched");
+        r.peak_rss_mib = pointer_f64(&m, "/memory/peak_rss_mib");
+        r.inference_seconds = pointer_f64(&m, "/inference/median_seconds");
+        r.train_examples_per_second = pointer_f64(&m, "/train/examples_per_second");
+        r.trainable_params = pointer_u64(&m, "/params/trainable");
+        r.total_params = pointer_u64(&m, "/params/total");
+        if r.score.is_none() {
+            anyhow::bail!("{}: no `last.score`", path.display());
+        }
+        Ok(r)
+    }
+}
+
+/// Display name of a task row.
+fn row_name(task: &str) -> &'static str {
+    match task {
+        "cola" => "CoLA",
+        "sst2" => "SST-2",
+        "mrpc" => "MRPC",
+        "stsb" => "STS-B",
+        "qqp" => "QQP",
+        "mnli" => "MNLI-m",
+        "qnli" => "QNLI",
+        "rte" => "RTE",
+        "wnli" => "WNLI",
+        _ => "?",
+    }
+}
+
+fn method_name(method: &str) -> &'static str {
+    match method {
+        "fft" => "FFT",
+        "lora" => "LoRA",
+        "kd-lora" => "KD-LoRA",
+        _ => "?",
+    }
+}
+
+/// Median of the `top_k` best configurations (each averaged over its seeds).
+pub fn median_of_top_k(scores_by_config: &BTreeMap<String, Vec<f64>>, top_k: usize) -> Option<f64> {
+    let mut means: Vec<f64> = scores_by_config
+        .values()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        .collect();
+    if means.is_empty() {
+        return None;
+    }
+    means.sort_by(|a, b| b.total_cmp(a));
+    means.truncate(top_k);
+    means.sort_by(|a, b| a.total_cmp(b));
+    let n = means.len();
+    Some(if n % 2 == 1 {
+        means[n / 2]
+    } else {
+        (means[n / 2 - 1] + means[n / 2]) / 2.0
+    })
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// One row of Table 1 for one family.
+#[derive(Debug, Serialize)]
+pub struct Table1Row {
+    pub family: String,
+    pub row: String,
+    pub subset: bool,
+    /// FFT, LoRA, KD-LoRA.
+    pub scores: [Option<f64>; 3],
+}
+
+/// Table 1 rows per family, in preset task order, with MNLI-mm when evaluated.
+pub fn table1_rows(preset: &Preset, results: &[CellResult]) -> Vec<Table1Row> {
+    let mut rows = Vec::new();
+    for family in &preset.families {
+        for task in &preset.tasks {
+            for mismatched in [false, true] {
+                let mut scores = [None; 3];
+                let mut any = false;
+                for (mi, method) in METHODS.iter().enumerate() {
+                    let mut by_config: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+                    for r in results.iter().filter(|r| {
+                        r.family == family.name && r.task == task.name && r.method == *method
+                    }) {
+                        let value = if mismatched { r.score_mismatched } else { r.score };
+                        if let Some(v) = value {
+                            by_config.entry(r.config.clone()).or_default().push(v);
+                            any = true;
+                        }
+                    }
+                    scores[mi] = median_of_top_k(&by_config, preset.top_k);
+                }
+                if mismatched && !any {
+                    continue;
+                }
+                let row = if mismatched {
+                    "MNLI-mm".to_string()
+                } else {
+                    row_name(&task.name).to_string()
+                };
+                rows.push(Table1Row {
+                    family: family.name.clone(),
+                    row,
+                    subset: task.subset,
+                    scores,
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("failed".into(), |v| format!("{v:.1}"))
+}
+
+/// Writes every output of a preset.
+pub fn write_all(
+    results_dir: &Path,
+    preset_name: &str,
+    preset: &Preset,
+    results: &[CellResult],
+    vars: &Vars,
+) -> Result<()> {
+    let rows = table1_rows(preset, results);
+    let with_paper = preset_name == "paper";
+    let mut md = String::new();
+    let _ = writeln!(md, "# Table 1: GLUE dev scores ({preset_name} preset)\n");
+    let _ = writeln!(
+        md,
+        "{}. Each cell is the median of the top {} configuration(s) of the last-epoch dev score (x100), \
+         as in the paper. CoLA: Matthews correlation; STS-B: mean of Pearson and Spearman; MRPC and QQP: \
+         mean of accuracy and F1; others: accuracy.{}\n",
+        preset.description,
+        preset.top_k,
+        if rows.iter().any(|r| r.subset) {
+            " Rows marked * are scored on labelled subsets whose validation rows come from GLUE's train \
+             split: not comparable to published dev scores."
+        } else {
+            ""
+        }
+    );
+    let mut summary = Vec::new();
+    for family in &preset.families {
+        let fam_rows: Vec<&Table1Row> = rows.iter().filter(|r| r.family == family.name).collect();
+        let _ = writeln!(
+            md,
+            "## {} (teacher-size model `{}`, student `{}`)\n",
+            family.name,
+            vars.expand(&family.teacher).unwrap_or_else(|_| family.teacher.clone()),
+            vars.expand(&family.student).unwrap_or_else(|_| family.student.clone())
+        );
+        let _ = writeln!(md, "| task | FFT | LoRA | KD-LoRA |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        let mut sums = [0.0; 3];
+        let mut complete = [true; 3];
+        for row in &fam_rows {
+            let cells: Vec<String> = (0..3)
+                .map(|mi| {
+                    let ours = fmt(row.scores[mi]);
+                    match (with_paper, paper::table1(&row.row, &family.name, mi)) {
+                        (true, Some(p)) => format!("{ours} (paper {p:.1})"),
+                        _ => ours,
+                    }
+                })
+                .collect();
+            let star = if row.subset { "*" } else { "" };
+            let _ = writeln!(md, "| {}{star} | {} |", row.row, cells.join(" | "));
+            for mi in 0..3 {
+                match row.scores[mi] {
+                    Some(v) => sums[mi] += v,
+                    None => complete[mi] = false,
+                }
+            }
+        }
+        let n = fam_rows.len().max(1) as f64;
+        let score: Vec<Option<f64>> = (0..3)
+            .map(|mi| complete[mi].then(|| sums[mi] / n))
+            .collect();
+        let score_cells: Vec<String> = (0..3)
+            .map(|mi| {
+                let ours = fmt(score[mi]);
+                match (with_paper, paper::table1("Score", &family.name, mi)) {
+                    (true, Some(p)) => format!("{ours} (paper {p:.1})"),
+                    _ => ours,
+                }
+            })
+            .collect();
+        let _ = writeln!(md, "| **Score** (mean of rows) | {} |", score_cells.join(" | "));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(100.0 * a / b),
+            _ => None,
+        };
+        let of_lora = ratio(score[2], score[1]);
+        let of_fft = ratio(score[2], score[0]);
+        let _ = writeln!(
+            md,
+            "\nKD-LoRA keeps {} of LoRA's score and {} of FFT's (paper: 98.1% and 97% on average).\n",
+            of_lora.map_or("n/a".into(), |v| format!("{v:.1}%")),
+            of_fft.map_or("n/a".into(), |v| format!("{v:.1}%"))
+        );
+        summary.push(serde_json::json!({
+            "family": family.name,
+            "score": {"fft": score[0], "lora": score[1], "kd_lora": score[2]},
+            "kd_lora_percent_of_lora": of_lora,
+            "kd_lora_percent_of_fft": of_fft,
+        }));
+
+        let groups: Vec<svg::Group> = fam_rows
+            .iter()
+            .map(|r| svg::Group {
+                label: format!("{}{}", r.row, if r.subset { "*" } else { "" }),
+                values: r.scores.to_vec(),
+            })
+            .collect();
+        write_atomic(
+            &results_dir.join(format!("scores-{}.svg", family.name)),
+            &svg::grouped_bars(
+                &format!("{}: GLUE dev score per task and method", family.name),
+                "score (x100)",
+                &["FFT", "LoRA", "KD-LoRA"],
+                &groups,
+            ),
+        )?;
+    }
+    write_atomic(&results_dir.join("table1.md"), &md)?;
+
+    let table2 = table2(results_dir, preset, results, vars, with_paper)?;
+    write_atomic(&results_dir.join("table2.md"), &table2.markdown)?;
+    let json = serde_json::json!({
+        "preset": preset_name,
+        "description": preset.description,
+        "top_k": preset.top_k,
+        "table1": rows,
+        "summary": summary,
+        "table2": table2.rows,
+        "runs": results,
+    });
+    write_atomic(
+        &results_dir.join("results.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Table2Row {
+    family: String,
+    model: String,
+    method: String,
+    trainable_r8_16_32_64: Vec<u64>,
+    adapter_r8: u64,
+    head: u64,
+    total: u64,
+    peak_rss_mib: Option<f64>,
+    inference_seconds: Option<f64>,
+    inference_task: Option<String>,
+}
+
+struct Table2 {
+    markdown: String,
+    rows: Vec<Table2Row>,
+}
+
+/// `config.json` of a model argument: a local folder's, or the committed copy for a hub id.
+fn model_config(model: &str) -> Result<Value> {
+    let local = Path::new(model).join("config.json");
+    let path = if local.is_file() {
+        local
+    } else {
+        let name = model.rsplit('/').next().unwrap_or(model);
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/models")
+            .join(format!("{name}.json"))
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn table2(
+    results_dir: &Path,
+    preset: &Preset,
+    results: &[CellResult],
+    vars: &Vars,
+    with_paper: bool,
+) -> Result<Table2> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Table 2: parameters, memory and inference time\n");
+    let _ = writeln!(
+        md,
+        "- Trainable parameters: exact counts for a 2-label head. FFT trains everything; LoRA and \
+         KD-LoRA train the query/value adapters plus the classification head (`modules_to_save`). \
+         Adapter-only counts are in `results.json`.\n\
+         - Total: parameters of the classification model without adapters.\n\
+         - Memory: peak resident memory of the training process (VmHWM of the `kdlora train` process: \
+         weights, optimizer state, activations and the runtime; the teacher is not loaded during \
+         KD-LoRA, whose teacher logits come from the store), MiB, median over the preset's tasks. On a \
+         GPU the paper's measure is allocated device memory, so compare ratios, not absolute values.\n\
+         - Inference: median wall time of a full pass over the dev split of the named task (batch 32, \
+         adapters merged), seconds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| family | model | method | trainable r=8 / 16 / 32 / 64 | total | memory MiB | inference s (task) |{}",
+        if with_paper { " paper memory MB / inference s |" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|{}",
+        if with_paper { "---|" } else { "" }
+    );
+    let mut rows = Vec::new();
+    let mut mem_groups = Vec::new();
+    let mut time_groups = Vec::new();
+    for family in &preset.families {
+        let mut mems = Vec::new();
+        let mut times = Vec::new();
+        for method in METHODS {
+            let model = if method == "kd-lora" {
+                &family.student
+            } else {
+                &family.teacher
+            };
+            let model = vars.expand(model)?;
+            let cfg = model_config(&model)?;
+            let mut trainable = Vec::new();
+            let mut counts8 = None;
+            for r in [8, 16, 32, 64] {
+                let c = params::closed_form(&cfg, 2, r)?;
+                if r == 8 {
+                    counts8 = Some(c);
+                }
+                trainable.push(if method == "fft" {
+                    c.total as u64
+                } else {
+                    (c.adapter + c.head) as u64
+                });
+            }
+            let counts8 = counts8.expect("r = 8 is in the list");
+            let runs: Vec<&CellResult> = results
+                .iter()
+                .filter(|r| r.family == family.name && r.method == method)
+                .collect();
+            let mut rss: Vec<f64> = runs.iter().filter_map(|r| r.peak_rss_mib).collect();
+            let mem = median(&mut rss);
+            let inference_task = preset
+                .tasks
+                .iter()
+                .map(|t| t.name.clone())
+                .find(|t| t == "cola")
+                .or_else(|| preset.tasks.first().map(|t| t.name.clone()));
+            let mut t: Vec<f64> = runs
+                .iter()
+                .filter(|r| Some(&r.task) == inference_task.as_ref())
+                .filter_map(|r| r.inference_seconds)
+                .collect();
+            let time = median(&mut t);
+            mems.push(mem);
+            times.push(time);
+            let short = model.rsplit('/').next().unwrap_or(&model).to_string();
+            let paper_cell = if with_paper {
+                match paper::table2(&family.name, method) {
+                    Some((m, s)) => format!(" {m:.1} / {s:.2} |"),
+                    None => " |".into(),
+                }
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |{}",
+                family.name,
+                short,
+                method_name(method),
+                trainable
+                    .iter()
+                    .map(|v| group_digits(*v))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                group_digits(counts8.total as u64),
+                mem.map_or("n/a".into(), |v| format!("{v:.0}")),
+                match (&time, &inference_task) {
+                    (Some(s), Some(task)) => format!("{s:.2} ({task})"),
+                    _ => "n/a".into(),
+                },
+                paper_cell
+            );
+            rows.push(Table2Row {
+                family: family.name.clone(),
+                model: short,
+                method: method.to_string(),
+                trainable_r8_16_32_64: trainable,
+                adapter_r8: counts8.adapter as u64,
+                head: counts8.head as u64,
+                total: counts8.total as u64,
+                peak_rss_mib: mem,
+                inference_seconds: time,
+                inference_task,
+            });
+        }
+        mem_groups.push(svg::Group {
+            label: family.name.clone(),
+            values: mems,
+        });
+        time_groups.push(svg::Group {
+            label: family.name.clone(),
+            values: times,
+        });
+    }
+    write_atomic(
+        &results_dir.join("memory.svg"),
+        &svg::grouped_bars(
+            "Peak training memory per method",
+            "MiB",
+            &["FFT", "LoRA", "KD-LoRA"],
+            &mem_groups,
+        ),
+    )?;
+    write_atomic(
+        &results_dir.join("inference.svg"),
+        &svg::grouped_bars(
+            "Inference time on dev per method",
+            "seconds",
+            &["FFT", "LoRA", "KD-LoRA"],
+            &time_groups,
+        ),
+    )?;
+    Ok(Table2 { markdown: md, rows })
+}
+
+fn group_digits(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Writes through a temporary file and a rename, so no reader sees a half-written table.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_top_k_matches_hand_computed_cases() {
+        let m = |pairs: &[(&str, &[f64])], k| {
+            let map: BTreeMap<String, Vec<f64>> = pairs
+                .iter()
+                .map(|(c, v)| (c.to_string(), v.to_vec()))
+                .collect();
+            median_of_top_k(&map, k)
+        };
+        // top 3 of {90, 80, 70, 60} = {90, 80, 70}: median 80
+        assert_eq!(m(&[("a", &[90.0]), ("b", &[80.0]), ("c", &[70.0]), ("d", &[60.0])], 3), Some(80.0));
+        // top 2 = {90, 80}: median 85
+        assert_eq!(m(&[("a", &[90.0]), ("b", &[80.0]), ("c", &[70.0])], 2), Some(85.0));
+        // seeds of one config are averaged first: a = 75, b = 80
+        assert_eq!(m(&[("a", &[70.0, 80.0]), ("b", &[80.0])], 1), Some(80.0));
+        assert_eq!(m(&[], 6), None);
+    }
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(294_912), "294,912");
+        assert_eq!(group_digits(109_483_778), "109,483,778");
+        assert_eq!(group_digits(12), "12");
+    }
+}
