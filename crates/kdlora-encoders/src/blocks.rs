@@ -1,0 +1,83 @@
+//! Math shared by the BERT-family architectures: the attention mask bias and multi-head attention.
+
+use burn::nn::Dropout;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+/// Added to the attention scores of padded keys. transformers uses the dtype's minimum; any value
+/// far below the scores gives the same softmax (exactly zero weight), and a finite one keeps fully
+/// padded rows free of NaN on every backend.
+const MASKED: f32 = -1.0e9;
+
+/// Additive attention bias `[batch, 1, 1, seq]` from a `[batch, seq]` mask of 1 (attend) / 0 (pad).
+pub fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+    let [batch, seq] = attention_mask.dims();
+    let keep = attention_mask.float();
+    keep.neg()
+        .add_scalar(1.0)
+        .mul_scalar(MASKED)
+        .reshape([batch, 1, 1, seq])
+}
+
+/// Scaled dot-product attention over `n_heads` heads of projected `[batch, seq, hidden]` queries,
+/// keys and values; returns the concatenated heads `[batch, seq, hidden]`.
+pub fn multi_head_attention<B: Backend>(
+    query: Tensor<B, 3>,
+    key: Tensor<B, 3>,
+    value: Tensor<B, 3>,
+    bias: Tensor<B, 4>,
+    n_heads: usize,
+    dropout: &Dropout,
+) -> Tensor<B, 3> {
+    let [batch, seq, hidden] = query.dims();
+    let head_dim = hidden / n_heads;
+    let split = |x: Tensor<B, 3>| x.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2);
+    let (q, k, v) = (split(query), split(key), split(value));
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .div_scalar((head_dim as f64).sqrt())
+        + bias;
+    let probs = dropout.forward(softmax(scores, 3));
+    probs
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([batch, seq, hidden])
+}
+
+/// The hidden state of the first token (`[CLS]` / `<s>`) of every sequence: `[batch, hidden]`.
+pub fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, _, width] = hidden.dims();
+    hidden.narrow(1, 0, 1).reshape([batch, width])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::nn::DropoutConfig;
+    use burn::tensor::TensorData;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn masked_keys_get_no_weight() {
+        let device = burn::backend::ndarray::NdArrayDevice::default();
+        // One head of width 1: scores are q*k; value = key index, so the output is the
+        // attention-weighted index.
+        let q = Tensor::<B, 3>::from_data(TensorData::new(vec![1.0f32; 3], [1, 3, 1]), &device);
+        let k =
+            Tensor::<B, 3>::from_data(TensorData::new(vec![0.0f32, 0.0, 5.0], [1, 3, 1]), &device);
+        let v =
+            Tensor::<B, 3>::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0], [1, 3, 1]), &device);
+        let mask =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 0], [1, 3]), &device);
+        let dropout = DropoutConfig::new(0.5).init();
+        let out = multi_head_attention(q, k, v, attention_bias(mask), 1, &dropout);
+        // Key 2 (score 5) is masked: the remaining two have equal scores, so the mean of 0 and 1.
+        let values = out.into_data().into_vec::<f32>().unwrap();
+        for value in values {
+            assert!((value - 0.5).abs() < 1e-6, "{value}");
+        }
+    }
+}
