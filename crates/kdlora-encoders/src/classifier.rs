@@ -116,12 +116,35 @@ impl<B: Backend> SequenceClassifier<B> {
         Self::from_weights(config, &mut weights, options, device)
     }
 
+    /// Builds a classifier from its configuration alone, every tensor freshly initialised
+    /// (weights normal with std `initializer_range`, biases zero, LayerNorm one/zero), as
+    /// transformers' `from_config` does. Used to count parameters without downloading weights.
+    pub fn from_config(
+        config: ModelConfig,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self, EncoderError> {
+        let mut weights =
+            WeightMap::from_tensors(std::path::PathBuf::from("<config>"), Default::default());
+        Self::build(config, &mut weights, options, device, true).map(|(model, _)| model)
+    }
+
     /// Builds a classifier from an already parsed configuration and tensors.
     pub fn from_weights(
+        config: ModelConfig,
+        weights: &mut WeightMap,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, LoadReport), EncoderError> {
+        Self::build(config, weights, options, device, false)
+    }
+
+    fn build(
         mut config: ModelConfig,
         weights: &mut WeightMap,
         options: &LoadOptions,
         device: &B::Device,
+        synthesize: bool,
     ) -> Result<(Self, LoadReport), EncoderError> {
         if let Some(num_labels) = options.num_labels {
             if num_labels == 0 {
@@ -143,6 +166,11 @@ impl<B: Backend> SequenceClassifier<B> {
             options.seed,
             options.fresh_head,
         );
+        let loader = if synthesize {
+            loader.synthesizing()
+        } else {
+            loader
+        };
         Ok(match config.model_type.as_str() {
             "bert" => {
                 let (model, report) = bert::load(loader, config)?;

@@ -262,6 +262,8 @@ pub struct ModuleLoader<'a, B: Backend> {
     rng: StdRng,
     init_std: f64,
     fresh_head: bool,
+    /// Initialise every tensor the weights lack instead of reporting it missing.
+    synthesize: bool,
 }
 
 impl<'a, B: Backend> ModuleLoader<'a, B> {
@@ -289,7 +291,16 @@ impl<'a, B: Backend> ModuleLoader<'a, B> {
             rng: StdRng::seed_from_u64(seed),
             init_std,
             fresh_head,
+            synthesize: false,
         }
+    }
+
+    /// A loader that initialises every tensor the weights lack as transformers does for a model
+    /// built from its config (weights normal with std `init_std`, biases zero, LayerNorm one/zero),
+    /// for models created without a checkpoint.
+    pub fn synthesizing(mut self) -> Self {
+        self.synthesize = true;
+        self
     }
 
     /// The device tensors are created on.
@@ -302,6 +313,15 @@ impl<'a, B: Backend> ModuleLoader<'a, B> {
     pub fn tensor_data(&mut self, key: &str, expected: &[usize]) -> Vec<f32> {
         let numel = expected.iter().product();
         let Some(stored_key) = self.weights.resolve(key, &self.prefix) else {
+            if self.synthesize {
+                self.report.initialised.push(key.to_string());
+                if key.ends_with(".bias") {
+                    return vec![0.0; numel];
+                }
+                return (0..numel)
+                    .map(|_| normal(&mut self.rng, self.init_std))
+                    .collect();
+            }
             self.problems.push(TensorProblem::Missing {
                 key: key.to_string(),
                 expected: expected.to_vec(),
@@ -425,6 +445,11 @@ impl<'a, B: Backend> ModuleLoader<'a, B> {
         let mut norm = LayerNormConfig::new(d)
             .with_epsilon(eps)
             .init::<B>(&self.device);
+        if self.synthesize && !self.has_module(path) {
+            // LayerNormConfig already initialises gamma to one and beta to zero.
+            self.report.initialised.push(path.to_string());
+            return norm;
+        }
         let legacy = |name: &str| format!("{path}.{name}");
         let weight_key = if self
             .weights
