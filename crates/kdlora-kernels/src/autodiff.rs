@@ -1,0 +1,111 @@
+//! `LoraOps` for `Autodiff<B, C>`: the whole adapter is one graph node with a hand-written backward
+//! that calls the inner backend's `lora_backward` (kernels on CubeCL backends).
+
+use burn::{
+    backend::autodiff::{
+        Autodiff, NodeId,
+        checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+        grads::Gradients,
+        ops::{Backward, Ops, OpsKind},
+    },
+    tensor::ops::FloatTensor,
+};
+
+use crate::{LoraGradRequest, LoraOps};
+
+#[derive(Debug)]
+struct LoraForwardBackward;
+
+/// Checkpointed `x`, `A`, `B`, the forward's `h = x A^T` (small, and costly to recompute relative to
+/// its size) and the scaling.
+type State<B> = (NodeId, NodeId, NodeId, FloatTensor<B>, f32);
+
+impl<B: LoraOps> Backward<B, 4> for LoraForwardBackward {
+    type State = State<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_base, node_a, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, a_id, b_id, h, scaling) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let a: FloatTensor<B> = checkpointer.retrieve_node_output(a_id);
+        let b: FloatTensor<B> = checkpointer.retrieve_node_output(b_id);
+
+        let wanted = LoraGradRequest {
+            x: node_x.is_some(),
+            a: node_a.is_some(),
+            b: node_b.is_some(),
+        };
+        let computed = if wanted.x || wanted.a || wanted.b {
+            Some(B::lora_backward(
+                x,
+                a,
+                b,
+                Some(h),
+                grad.clone(),
+                scaling,
+                wanted,
+            ))
+        } else {
+            None
+        };
+
+        // The output is `base + delta`, so base's gradient is the output gradient unchanged.
+        if let Some(node) = node_base {
+            grads.register::<B>(node.id, grad);
+        }
+        if let Some(computed) = computed {
+            if let (Some(node), Some(g)) = (node_x, computed.x) {
+                grads.register::<B>(node.id, g);
+            }
+            if let (Some(node), Some(g)) = (node_a, computed.a) {
+                grads.register::<B>(node.id, g);
+            }
+            if let (Some(node), Some(g)) = (node_b, computed.b) {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: LoraOps, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {
+    fn lora_forward(
+        x: FloatTensor<Self>,
+        base_out: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scaling: f32,
+    ) -> FloatTensor<Self> {
+        match LoraForwardBackward
+            .prepare::<C>([
+                x.node.clone(),
+                base_out.node.clone(),
+                a.node.clone(),
+                b.node.clone(),
+            ])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let a_id = prep.checkpoint(&a);
+                let b_id = prep.checkpoint(&b);
+                let h = B::lora_down(x.primitive, a.primitive);
+                let out = B::lora_up_add(h.clone(), b.primitive, base_out.primitive, scaling);
+                prep.finish((x_id, a_id, b_id, h, scaling), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::lora_forward(
+                x.primitive,
+                base_out.primitive,
+                a.primitive,
+                b.primitive,
+                scaling,
+            )),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Fused CubeCL kernels for the LoRA adapter path, exposed as a Burn 0.21 backend extension.
+//!
+//! A LoRA layer computes `y = base_out + s * (x A^T) B^T` where `base_out = x W^T (+ bias)` comes from
+//! the frozen base layer, `A` is `[r, in]`, `B` is `[out, r]` and `s = alpha / r`. Written with plain
+//! ops that is two matmuls, a scalar multiply and an add, with a `[tokens, out]` temporary in between.
+//! [`LoraOps`] computes it with two kernels that never materialise more than the `[tokens, r]`
+//! intermediate: a down-projection built for small `r`, and an up-projection that applies the scaling
+//! and adds into `base_out` in place. The backward (`dx`, `dA`, `dB`, `d base_out`) is hand-written and
+//! reuses the same kernels plus a token-reduction kernel for the weight gradients.
+//!
+//! Implementations:
+//! - [`CubeBackend<R, F, I, BT>`](burn_cubecl::CubeBackend): the kernels, for every CubeCL runtime
+//!   (wgpu/Vulkan/Metal, CUDA). They read `F` (f32, f16, bf16) and accumulate in f32.
+//! - [`Fusion<B>`](burn_fusion::Fusion) (what `burn::backend::Wgpu` and `Cuda` are with burn's
+//!   `fusion` feature): each adapter op is registered in the fusion stream as a custom operation that
+//!   runs the `CubeBackend` kernel. Burn's fuser does not look inside custom operations, so the
+//!   elementwise ops around them are fused as usual but not into them.
+//! - [`Autodiff<B, C>`](burn::backend::Autodiff): custom backward (one graph node for the whole
+//!   adapter, compute bound; `x`, `A`, `B` checkpointed, `h = x A^T` kept as state).
+//! - [`NdArray`](burn::backend::NdArray): the plain-tensor [`reference`](mod@reference).
+//!
+//! The fused path can be turned off at run time with [`set_fused_enabled`] or the environment variable
+//! `KDLORA_FUSED_ADAPTER=0`; [`lora_delta_add`] then uses the reference ops on every backend.
+//!
+//! Dropout: LoRA's dropout acts on the adapter input only (`B A dropout(x)`). Apply it to `x` before
+//! calling [`lora_delta_add`] and pass the base output computed from the undropped `x`; the result
+//! equals the reference with the same mask (tested).
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Tensor, Tolerance};
+//! use kdlora_kernels::{lora_delta_add, reference::lora_delta_add_reference};
+//!
+//! type B = NdArray<f32>;
+//! let device = Default::default();
+//! // batch 2, sequence 3, in 4, out 5, rank 2
+//! let x = Tensor::<B, 3>::ones([2, 3, 4], &device);
+//! let base = Tensor::<B, 3>::zeros([2, 3, 5], &device);
+//! let a = Tensor::<B, 2>::full([2, 4], 0.5, &device);
+//! let b = Tensor::<B, 2>::full([5, 2], 0.25, &device);
+//! let y = lora_delta_add(x.clone(), base.clone(), a.clone(), b.clone(), 2.0);
+//! // every entry: 2 * (2 ranks * 0.25 * (4 * 0.5)) = 2
+//! y.to_data().assert_approx_eq::<f32>(
+//!     &Tensor::<B, 3>::full([2, 3, 5], 2.0, &device).to_data(),
+//!     Tolerance::default(),
+//! );
+//! let r = lora_delta_add_reference(x, base, a, b, 2.0);
+//! y.to_data().assert_approx_eq::<f32>(&r.to_data(), Tolerance::default());
+//! ```
+
+mod autodiff;
+mod cube;
+mod fusion;
+pub mod kernels;
+mod ndarray;
+pub mod reference;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::tensor::{Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+
+/// Errors of the checked entry point [`try_lora_delta_add`].
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum KernelError {
+    /// Two operands disagree on a dimension.
+    #[error("LoRA adapter shape mismatch: {what} (x {x:?}, base_out {base:?}, A {a:?}, B {b:?})")]
+    ShapeMismatch {
+        /// Which dimension disagrees.
+        what: &'static str,
+        /// Shape of `x`.
+        x: Vec<usize>,
+        /// Shape of `base_out`.
+        base: Vec<usize>,
+        /// Shape of `A`.
+        a: Vec<usize>,
+        /// Shape of `B`.
+        b: Vec<usize>,
+    },
+    /// The scaling factor is NaN or infinite.
+    #[error("LoRA scaling must be finite, got {0}")]
+    NonFiniteScaling(f32),
+}
+
+/// Which gradients [`LoraOps::lora_backward`] should compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LoraGradRequest {
+    /// The adapter's contribution to the input gradient, `s (dY B) A`.
+    pub x: bool,
+    /// `dA = s (dY B)^T x`.
+    pub a: bool,
+    /// `dB = s dY^T (x A^T)`.
+    pub b: bool,
+}
+
+impl LoraGradRequest {
+    /// All three gradients.
+    pub const ALL: Self = Self {
+        x: true,
+        a: true,
+        b: true,
+    };
+}
+
+/// Gradients of the adapter op; a field is `None` when it was not requested.
+#[derive(Debug, Clone)]
+pub struct LoraGrads<T> {
+    /// Adapter part of the input gradient, `[tokens, in]`.
+    pub x: Option<T>,
+    /// Gradient of `A`, `[r, in]`.
+    pub a: Option<T>,
+    /// Gradient of `B`, `[out, r]`.
+    pub b: Option<T>,
+}
+
+impl<T> LoraGrads<T> {
+    /// No gradient computed.
+    pub fn none() -> Self {
+        Self {
+            x: None,
+            a: None,
+            b: None,
+        }
+    }
+
+    /// Applies `f` to every present gradient.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> LoraGrads<U> {
+        LoraGrads {
+            x: self.x.map(&mut f),
+            a: self.a.map(&mut f),
+            b: self.b.map(&mut f),
+        }
+    }
+}
+
+/// Backend extension with the LoRA adapter ops. All tensors are 2-D: `x` `[tokens, in]`, `A` `[r, in]`,
+/// `B` `[out, r]`, `base_out` and the output gradient `[tokens, out]`.
+///
+/// Shapes are preconditions, as for Burn's own ops: a mismatch panics (the kernels check them on the
+/// host before launching; the reference panics inside matmul). Use [`try_lora_delta_add`] for a
+/// checked entry point. Every method has a default built from ordinary Burn ops (the
+/// [`reference`](mod@reference)), which is what `NdArray` uses; the CubeCL backends override them
+/// with kernels.
+pub trait LoraOps: Backend {
+    /// `h = x A^T`, `[tokens, r]`.
+    fn lora_down(x: FloatTensor<Self>, a: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::lora_down_reference(float::<Self>(x), float::<Self>(a))
+            .into_primitive()
+            .tensor()
+    }
+
+    /// `base + scaling * h B^T`, `[tokens, out]`. May reuse `base`'s buffer.
+    fn lora_up_add(
+        h: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        base: FloatTensor<Self>,
+        scaling: f32,
+    ) -> FloatTensor<Self> {
+        reference::lora_up_add_reference(
+            float::<Self>(h),
+            float::<Self>(b),
+            float::<Self>(base),
+            scaling,
+        )
+        .into_primitive()
+        .tensor()
+    }
+
+    /// The adapter forward `base_out + scaling * (x A^T) B^T`, `[tokens, out]`.
+    fn lora_forward(
+        x: FloatTensor<Self>,
+        base_out: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scaling: f32,
+    ) -> FloatTensor<Self> {
+        let h = Self::lora_down(x, a);
+        Self::lora_up_add(h, b, base_out, scaling)
+    }
+
+    /// The adapter backward for the `wanted` gradients; `h = x A^T` from the forward when available.
+    /// `d base_out` is `grad_out` itself and is left to the caller.
+    fn lora_backward(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        h: Option<FloatTensor<Self>>,
+        grad_out: FloatTensor<Self>,
+        scaling: f32,
+        wanted: LoraGradRequest,
+    ) -> LoraGrads<FloatTensor<Self>> {
+        reference::lora_backward_reference(
+            float::<Self>(x),
+            float::<Self>(a),
+            float::<Self>(b),
+            h.map(float::<Self>),
+            float::<Self>(grad_out),
+            scaling,
+            wanted,
+        )
+        .map(|t| t.into_primitive().tensor())
+    }
+}
+
+fn float<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+const FUSED_UNSET: u8 = 0;
+const FUSED_ON: u8 = 1;
+const FUSED_OFF: u8 = 2;
+static FUSED: AtomicU8 = AtomicU8::new(FUSED_UNSET);
+
+/// Environment variable read (once) when [`set_fused_enabled`] was never called: `0`, `false`, `off`
+/// or `no` turn the fused path off.
+pub const FUSED_ENV: &str = "KDLORA_FUSED_ADAPTER";
+
+/// Turns the fused adapter path on or off for the whole process. When off, [`lora_delta_add`]
+/// computes the adapter with the [`reference`](mod@reference) ops (and Burn's autodiff of them) on
+/// every backend.
+pub fn set_fused_enabled(enabled: bool) {
+    FUSED.store(
+        if enabled { FUSED_ON } else { FUSED_OFF },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether [`lora_delta_add`] uses [`LoraOps::lora_forward`] (default: yes, unless [`FUSED_ENV`] says
+/// otherwise).
+pub fn fused_enabled() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        FUSED_ON => true,
+        FUSED_OFF => false,
+        _ => {
+            let on = std::env::var(FUSED_ENV)
+                .map(|v| {
+                    !matches!(
+                        v.trim().to_ascii_lowercase().as_str(),
+                        "0" | "false" | "off" | "no"
+                    )
+                })
+                .unwrap_or(true);
+            // A concurrent explicit setting wins over the environment.
+            let _ = FUSED.compare_exchange(
+                FUSED_UNSET,
+                if on { FUSED_ON } else { FUSED_OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            FUSED.load(Ordering::Relaxed) == FUSED_ON
+        }
+    }
+}
+
+/// Adds the LoRA delta to a base output: `base_out + scaling * (x A^T) B^T`.
+///
+/// `x` is `[..., in]`, `base_out` `[..., out]` with the same leading dimensions (flattened into tokens),
+/// `a` is `[r, in]`, `b` is `[out, r]`. Apply adapter dropout to `x` before calling. Uses the fused
+/// [`LoraOps`] path unless [`fused_enabled`] is false.
+///
+/// # Panics
+/// On inconsistent shapes, like Burn's own matmul; [`try_lora_delta_add`] checks them instead.
+pub fn lora_delta_add<B: LoraOps, const D: usize>(
+    x: Tensor<B, D>,
+    base_out: Tensor<B, D>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scaling: f32,
+) -> Tensor<B, D> {
+    if !fused_enabled() {
+        return reference::lora_delta_add_reference(x, base_out, a, b, scaling);
+    }
+    let out_dims = base_out.dims();
+    let (x2, base2) = flatten_tokens(x, base_out);
+    let y = B::lora_forward(
+        x2.into_primitive().tensor(),
+        base2.into_primitive().tensor(),
+        a.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+        scaling,
+    );
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out_dims)
+}
+
+/// [`lora_delta_add`] with the shapes and the scaling checked first.
+pub fn try_lora_delta_add<B: LoraOps, const D: usize>(
+    x: Tensor<B, D>,
+    base_out: Tensor<B, D>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scaling: f32,
+) -> Result<Tensor<B, D>, KernelError> {
+    check_shapes(&x.dims(), &base_out.dims(), &a.dims(), &b.dims())?;
+    if !scaling.is_finite() {
+        return Err(KernelError::NonFiniteScaling(scaling));
+    }
+    Ok(lora_delta_add(x, base_out, a, b, scaling))
+}
+
+fn check_shapes(x: &[usize], base: &[usize], a: &[usize], b: &[usize]) -> Result<(), KernelError> {
+    let err = |what| KernelError::ShapeMismatch {
+        what,
+        x: x.to_vec(),
+        base: base.to_vec(),
+        a: a.to_vec(),
+        b: b.to_vec(),
+    };
+    let (Some((&d_in, x_lead)), Some((&d_out, base_lead))) = (x.split_last(), base.split_last())
+    else {
+        return Err(err("x and base_out need at least one dimension"));
+    };
+    if x_lead != base_lead {
+        return Err(err("leading (token) dimensions of x and base_out differ"));
+    }
+    if a[1] != d_in {
+        return Err(err("A must be [r, in] with in = last dimension of x"));
+    }
+    if b[0] != d_out {
+        return Err(err(
+            "B must be [out, r] with out = last dimension of base_out",
+        ));
+    }
+    if a[0] != b[1] {
+        return Err(err("rank of A (rows) and B (columns) differ"));
+    }
+    if a[0] == 0 {
+        return Err(err("rank must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Reshapes `[..., in]` and `[..., out]` into `[tokens, in]` and `[tokens, out]`.
+pub(crate) fn flatten_tokens<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    base_out: Tensor<B, D>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let xd = x.dims();
+    let bd = base_out.dims();
+    let tokens: usize = xd[..D - 1].iter().product();
+    (
+        x.reshape([tokens, xd[D - 1]]),
+        base_out.reshape([tokens, bd[D - 1]]),
+    )
+}
