@@ -1,0 +1,228 @@
+//! `kdlora logits`: one JSON line `{"logits": [...]}` per input, in input order.
+//!
+//! Inputs are token ids from a JSON-lines file (`--input FILE`, `-` for stdin), each line
+//! `{"input_ids": [...], "attention_mask": [...], "token_type_ids": [...]}` with the last two
+//! optional (all ones / all zeros), or one text (pair) tokenised with the model folder's
+//! `tokenizer.json`. Scripts outside the project depend on this format: keep it stable.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use kdlora_encoders::{LoadOptions, SequenceClassifier};
+
+use crate::device::{BackendTask, DeviceArg};
+
+/// Arguments of `kdlora logits`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint folder (config.json, model.safetensors; tokenizer.json for --text), or a run
+    /// folder written by `kdlora train` (`--run` is an alias).
+    #[arg(long, visible_alias = "run")]
+    pub model: PathBuf,
+    /// JSON-lines file of token ids (`-` reads stdin).
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    pub input: Option<PathBuf>,
+    /// A text to tokenise with the model's tokenizer.json.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Second text of a pair (with --text).
+    #[arg(long, requires = "text")]
+    pub text_pair: Option<String>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Sequences per forward pass (padding is masked, so it does not change the logits).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied to the
+    /// model before computing logits.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+/// One input sequence.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct Sequence {
+    input_ids: Vec<i64>,
+    #[serde(default)]
+    attention_mask: Option<Vec<i64>>,
+    #[serde(default)]
+    token_type_ids: Option<Vec<i64>>,
+}
+
+/// A sequence with defaults filled in; `origin` says where it came from, for error messages.
+struct Prepared {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    types: Vec<i64>,
+    origin: String,
+}
+
+/// Runs the verb.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = args.device;
+    device.run(Logits { args })
+}
+
+struct Logits {
+    args: Args,
+}
+
+impl BackendTask for Logits {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.args;
+        let model = load_model::<B>(&args, &device)?;
+        let inputs = match (&args.input, &args.text) {
+            (Some(path), _) => read_jsonl(path)?,
+            (None, Some(text)) => vec![tokenize(&args.model, text, args.text_pair.as_deref())?],
+            (None, None) => bail!("give --input FILE or --text TEXT"),
+        };
+        for input in &inputs {
+            model
+                .check_sequence(&input.ids, &input.mask, &input.types)
+                .with_context(|| input.origin.clone())?;
+        }
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        for batch in inputs.chunks(args.batch_size as usize) {
+            for logits in forward_batch(&model, batch, &device)? {
+                serde_json::to_writer(&mut out, &serde_json::json!({ "logits": logits }))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        out.flush().context("writing to stdout")?;
+        Ok(())
+    }
+}
+
+/// Loads the classifier the logits come from.
+fn load_model<B: Backend>(
+    args: &Args,
+    device: &B::Device,
+) -> anyhow::Result<SequenceClassifier<B>> {
+    if args.adapter.is_none() && kdlora_train::is_run_dir(&args.model) {
+        let loaded = kdlora_train::load_model::<B>(&args.model, None, device)
+            .with_context(|| format!("loading the run {}", args.model.display()))?;
+        return Ok(loaded.model);
+    }
+    let (model, _report) =
+        SequenceClassifier::<B>::load(&args.model, &LoadOptions::default(), device)
+            .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    match &args.adapter {
+        None => Ok(model),
+        Some(dir) => {
+            let (model, _cfg) = kdlora_lora::load_adapter(model, dir, device)
+                .with_context(|| format!("applying the adapter {}", dir.display()))?;
+            Ok(model)
+        }
+    }
+}
+
+/// Pads a batch with the model's pad token (masked out) and returns each row's logits.
+fn forward_batch<B: Backend>(
+    model: &SequenceClassifier<B>,
+    batch: &[Prepared],
+    device: &B::Device,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let seq = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+    let pad = model.config().pad_token_id as i64;
+    let mut ids = Vec::with_capacity(batch.len() * seq);
+    let mut mask = Vec::with_capacity(batch.len() * seq);
+    let mut types = Vec::with_capacity(batch.len() * seq);
+    for p in batch {
+        let fill = seq - p.ids.len();
+        ids.extend(p.ids.iter().copied().chain(std::iter::repeat_n(pad, fill)));
+        mask.extend(p.mask.iter().copied().chain(std::iter::repeat_n(0, fill)));
+        types.extend(p.types.iter().copied().chain(std::iter::repeat_n(0, fill)));
+    }
+    let shape = [batch.len(), seq];
+    let tensor =
+        |values: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(values, shape), device);
+    let logits = model.forward(tensor(ids), tensor(mask), tensor(types));
+    let labels = model.num_labels();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|err| anyhow::anyhow!("reading logits: {err:?}"))?;
+    Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
+}
+
+/// Reads the JSON-lines inputs; blank lines are skipped.
+fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Prepared>> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening the input file {}", path.display()))?;
+        Box::new(BufReader::new(file))
+    };
+    let mut inputs = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let origin = format!("{}:{}", path.display(), index + 1);
+        let line = line.with_context(|| origin.clone())?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let sequence: Sequence = serde_json::from_str(&line)
+            .with_context(|| format!("{origin}: expected {{\"input_ids\": [...], \"attention_mask\": [...], \"token_type_ids\": [...]}}"))?;
+        inputs.push(prepare(sequence, origin));
+    }
+    if inputs.is_empty() {
+        bail!("{}: no inputs", path.display());
+    }
+    Ok(inputs)
+}
+
+fn prepare(sequence: Sequence, origin: String) -> Prepared {
+    let n = sequence.input_ids.len();
+    Prepared {
+        mask: sequence.attention_mask.unwrap_or_else(|| vec![1; n]),
+        types: sequence.token_type_ids.unwrap_or_else(|| vec![0; n]),
+        ids: sequence.input_ids,
+        origin,
+    }
+}
+
+/// Tokenises a text (pair) with `model_dir/tokenizer.json`, special tokens included.
+fn tokenize(model_dir: &Path, text: &str, pair: Option<&str>) -> anyhow::Result<Prepared> {
+    let path = kdlora_train::tokenizer_dir(model_dir).join("tokenizer.json");
+    if !path.is_file() {
+        bail!(
+            "{}: not found; --text needs the model's tokenizer.json (or pass token ids with --input)",
+            path.display()
+        );
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(&path)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    let encoding = match pair {
+        Some(pair) => tokenizer.encode((text, pair), true),
+        None => tokenizer.encode(text, true),
+    }
+    .map_err(|err| anyhow::anyhow!("tokenising with {}: {err}", path.display()))?;
+    let widen = |values: &[u32]| values.iter().map(|v| i64::from(*v)).collect::<Vec<_>>();
+    Ok(Prepared {
+        ids: widen(encoding.get_ids()),
+        mask: widen(encoding.get_attention_mask()),
+        types: widen(encoding.get_type_ids()),
+        origin: "--text".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_fields_default_to_ones_and_zeros() {
+        let sequence: Sequence = serde_json::from_str(r#"{"input_ids": [2, 7, 3]}"#).unwrap();
+        let prepared = prepare(sequence, "x:1".into());
+        assert_eq!(prepared.mask, vec![1, 1, 1]);
+        assert_eq!(prepared.types, vec![0, 0, 0]);
+    }
+}

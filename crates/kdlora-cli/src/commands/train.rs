@@ -1,0 +1,127 @@
+//! `kdlora train`: runs a recipe (fft, lora, kd-lora, kd) from a TOML config into a run folder.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use kdlora_train::{BarObserver, ConfigSources, RunConfig, RunMetrics};
+
+use crate::device::{AutodiffTask, DeviceArg};
+
+/// Arguments of `kdlora train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run configuration (TOML). With `--resume` and no `--config`, the run's own config.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a configuration key (`lora.r=16`, `epochs=2`); repeatable, applied last.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Recipe: fft, lora, kd-lora or kd.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// GLUE task (sst2, mrpc, stsb, ...).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Model folder (Hugging Face layout).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Teacher run folder (kd-lora, kd).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// GLUE data folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run folder to write.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Compute device (overrides the config's `device`).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// Continue the run in `--out` from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+fn device_name(d: DeviceArg) -> &'static str {
+    match d {
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Wgpu => "wgpu",
+        DeviceArg::Cuda => "cuda",
+    }
+}
+
+/// A TOML basic string (JSON string escapes are valid TOML escapes).
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Builds the run configuration from the file, the environment, `--set` and the flags.
+pub fn build_config(args: &Args) -> anyhow::Result<RunConfig> {
+    let mut file = args.config.clone();
+    if file.is_none() && args.resume {
+        let out = args
+            .out
+            .as_ref()
+            .context("--resume needs --out RUN_DIR (or --config)")?;
+        file = Some(out.join("config.toml"));
+    }
+    let mut overrides = ConfigSources::parse_overrides(&args.set)?;
+    let path_flag = |key: &str, value: &Option<PathBuf>, overrides: &mut Vec<(String, String)>| {
+        if let Some(v) = value {
+            // Quoted so that the value is always read as a string.
+            let quoted = quote(&v.to_string_lossy());
+            overrides.push((key.to_string(), quoted));
+        }
+    };
+    path_flag("model", &args.model, &mut overrides);
+    path_flag("teacher", &args.teacher, &mut overrides);
+    path_flag("data", &args.data, &mut overrides);
+    path_flag("out", &args.out, &mut overrides);
+    for (key, value) in [("method", &args.method), ("task", &args.task)] {
+        if let Some(v) = value {
+            overrides.push((key.to_string(), quote(v)));
+        }
+    }
+    if let Some(d) = args.device {
+        overrides.push(("device".into(), format!("\"{}\"", device_name(d))));
+    }
+    let cfg = RunConfig::load(&ConfigSources {
+        file,
+        env: std::env::vars().collect(),
+        overrides,
+    })?;
+    Ok(cfg)
+}
+
+/// Runs the verb.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = build_config(&args)?;
+    let device: DeviceArg = clap::ValueEnum::from_str(&cfg.device, true)
+        .map_err(|e| anyhow::anyhow!("configuration key `device`: {e}"))?;
+    let metrics = device.run_autodiff(Train {
+        cfg,
+        resume: args.resume,
+    })?;
+    println!("{}", serde_json::to_string_pretty(&metrics)?);
+    Ok(())
+}
+
+struct Train {
+    cfg: RunConfig,
+    resume: bool,
+}
+
+impl AutodiffTask for Train {
+    type Output = RunMetrics;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<RunMetrics> {
+        let mut observer = BarObserver::new();
+        Ok(kdlora_train::train::<B>(
+            &self.cfg,
+            self.resume,
+            &device,
+            &mut observer,
+        )?)
+    }
+}

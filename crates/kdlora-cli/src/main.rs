@@ -1,0 +1,64 @@
+//! `kdlora`: fine-tune, distil, evaluate and inspect GLUE encoders with LoRA.
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod device;
+
+#[derive(Parser)]
+#[command(
+    name = "kdlora",
+    version,
+    about = "KD-LoRA: LoRA fine-tuning with knowledge distillation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Metrics of a GLUE submission file against a labelled split (one JSON object).
+    Score(commands::score::Args),
+    /// GLUE data: `download` the official files, `stats` of a task's splits.
+    Data(commands::data::Args),
+    /// Print one JSON line of logits per input (token ids from a JSON-lines file, or text).
+    Logits(commands::logits::Args),
+    /// Fold a PEFT LoRA adapter into its base model and write a plain Hugging Face checkpoint.
+    Merge(commands::merge::Args),
+    /// Train a run (fft, lora, kd-lora, kd) from a TOML config into a run folder.
+    Train(commands::train::Args),
+    /// Evaluate a run folder on its task's dev split (one JSON object).
+    Eval(commands::eval::Args),
+    /// Write a GLUE submission file of a run's predictions.
+    Predict(commands::predict::Args),
+    /// Measure one training or inference configuration (one JSON object).
+    Bench(commands::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => commands::score::run(args),
+        Command::Data(args) => commands::data::run(args),
+        Command::Logits(args) => commands::logits::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Predict(args) => commands::predict::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! [`RunConfig`]: one struct that describes a run completely, read from layered sources
+//! (TOML file < `KDLORA_*` environment < `--set key=value` overrides) and saved into the run folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use config::{Config, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Training recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Full fine-tuning: every parameter trains.
+    Fft,
+    /// LoRA adapters (and the task head) train; the base is frozen.
+    Lora,
+    /// LoRA student trained against a fine-tuned teacher's logits (the paper's method).
+    KdLora,
+    /// Full student trained against a fine-tuned teacher's logits (ablation, no LoRA).
+    Kd,
+}
+
+impl Method {
+    /// Whether the run attaches LoRA adapters (and saves `adapter/` instead of `model/`).
+    pub fn uses_lora(self) -> bool {
+        matches!(self, Method::Lora | Method::KdLora)
+    }
+
+    /// Whether the run needs a teacher run folder.
+    pub fn uses_teacher(self) -> bool {
+        matches!(self, Method::KdLora | Method::Kd)
+    }
+
+    /// The name used in configuration files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Fft => "fft",
+            Method::Lora => "lora",
+            Method::KdLora => "kd-lora",
+            Method::Kd => "kd",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fft" => Ok(Method::Fft),
+            "lora" => Ok(Method::Lora),
+            "kd-lora" | "kdlora" | "kd_lora" => Ok(Method::KdLora),
+            "kd" => Ok(Method::Kd),
+            other => Err(TrainError::invalid(
+                "method",
+                format!("unknown method `{other}` (expected fft, lora, kd-lora or kd)"),
+            )),
+        }
+    }
+}
+
+/// Everything that defines a run. Saved as `config.toml` in the run folder; `kdlora eval` and
+/// `kdlora predict` rebuild the model from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Recipe: `fft`, `lora`, `kd-lora` or `kd`.
+    pub method: Method,
+    /// GLUE task name (`sst2`, `mrpc`, `stsb`, ...).
+    pub task: String,
+    /// Model folder (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    pub model: PathBuf,
+    /// GLUE data folder (original TSV layout or HF JSON lines).
+    pub data: PathBuf,
+    /// Run folder to write.
+    pub out: PathBuf,
+    /// Teacher run folder (an FFT run with `model/`), required by `kd-lora` and `kd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
+    /// Backend: `cpu`, `wgpu` or `cuda` (as compiled into the binary).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Passes over the training set.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Examples per forward pass.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Forward passes whose gradients are summed before one optimizer step.
+    #[serde(default = "default_one")]
+    pub grad_accumulation: usize,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// AdamW decoupled weight decay (not applied to biases and LayerNorm).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Fraction of optimizer steps spent warming the learning rate up linearly from 0.
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clipping threshold; 0 disables clipping.
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+    /// Maximum tokens per example (longest-first truncation).
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Seed for initialisation, dropout and shuffling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Use only the first N training rows (CPU runs); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train_examples: Option<usize>,
+    /// Use only the first N dev rows; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_eval_examples: Option<usize>,
+    /// Examples per evaluation batch.
+    #[serde(default = "default_eval_batch_size")]
+    pub eval_batch_size: usize,
+    /// Also write a checkpoint every N optimizer steps (0: only at the end of each epoch).
+    #[serde(default)]
+    pub checkpoint_steps: usize,
+    /// Timed passes over dev for the inference-time measurement (median reported; 0 skips it).
+    #[serde(default = "default_inference_passes")]
+    pub inference_passes: usize,
+    /// Stop after this many epochs even though `epochs` is larger (used to simulate an interrupted
+    /// run; the schedule still follows `epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_epochs: Option<usize>,
+    /// LoRA settings (used by `lora` and `kd-lora`).
+    #[serde(default)]
+    pub lora: kdlora_lora::LoraConfig,
+    /// Distillation settings (used by `kd-lora` and `kd`).
+    #[serde(default)]
+    pub kd: kdlora_distill::KdConfig,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_epochs() -> usize {
+    3
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_one() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    2e-5
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+fn default_max_len() -> usize {
+    128
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_eval_batch_size() -> usize {
+    64
+}
+fn default_inference_passes() -> usize {
+    3
+}
+
+/// Top-level keys of [`RunConfig`]; environment variables naming other keys are ignored, so that
+/// unrelated `KDLORA_*` variables (such as `KDLORA_SHARED`) do not break configuration.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "method",
+    "task",
+    "model",
+    "data",
+    "out",
+    "teacher",
+    "device",
+    "epochs",
+    "batch_size",
+    "grad_accumulation",
+    "lr",
+    "weight_decay",
+    "warmup_ratio",
+    "grad_clip",
+    "max_len",
+    "seed",
+    "max_train_examples",
+    "max_eval_examples",
+    "eval_batch_size",
+    "checkpoint_steps",
+    "inference_passes",
+    "stop_after_epochs",
+    "lora",
+    "kd",
+];
+
+/// The sources of a configuration, lowest priority first.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// Environment variables (`KDLORA_EPOCHS=2`, `KDLORA_LORA__R=16`: `__` separates nesting).
+    /// Usually `std::env::vars().collect()`; passed explicitly so tests need not mutate the process
+    /// environment.
+    pub env: Vec<(String, String)>,
+    /// `key=value` overrides, dotted keys for nesting (`lora.r=16`); the value is read as a TOML
+    /// value when it parses as one (`16`, `true`, `["query", "value"]`), else as a string.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ConfigSources {
+    /// Parses `key=value` strings (as given to `--set`).
+    pub fn parse_overrides<S: AsRef<str>>(items: &[S]) -> Result<Vec<(String, String)>> {
+        items
+            .iter()
+            .map(|item| {
+                let item = item.as_ref();
+                match item.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        Ok((k.trim().to_string(), v.trim().to_string()))
+                    }
+                    _ => Err(TrainError::Config(format!(
+                        "override `{item}` is not of the form key=value"
+                    ))),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Renders `key = value` as a TOML line, quoting the value when it is not itself valid TOML.
+fn toml_line(key: &str, value: &str) -> Result<String> {
+    if key.is_empty()
+        || !key.split('.').all(|seg| {
+            !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    {
+        return Err(TrainError::Config(format!("`{key}` is not a valid key")));
+    }
+    let as_value = format!("{key} = {value}");
+    if toml::from_str::<toml::Table>(&as_value).is_ok() {
+        return Ok(as_value);
+    }
+    let quoted = toml::Value::String(value.to_string()).to_string();
+    Ok(format!("{key} = {quoted}"))
+}
+
+impl RunConfig {
+    /// Builds a configuration from layered sources, then validates it.
+    ///
+    /// Unknown keys and ill-typed values are errors naming the key.
+    pub fn load(sources: &ConfigSources) -> Result<Self> {
+        let mut builder = Config::builder();
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(TrainError::io(
+                    file,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "config file not found"),
+                ));
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| TrainError::io(file, e))?;
+            // Parse with toml first: its errors carry line and column, config's do not.
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", file.display())))?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix("KDLORA_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let top = key.split('.').next().unwrap_or_default();
+            if TOP_LEVEL_KEYS.contains(&top) {
+                env.insert(key, value.clone());
+            }
+        }
+        for (key, value) in &env {
+            let line = toml_line(key, value)?;
+            builder = builder.add_source(File::from_str(&line, FileFormat::Toml));
+        }
+        for (key, value) in &sources.overrides {
+            let line = toml_line(key, value)?;
+            builder = builder.add_source(File::from_str(&line, FileFormat::Toml));
+        }
+        let built = builder
+            .build()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let cfg: RunConfig = built
+            .try_deserialize()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a run folder's `config.toml` (strict: unknown keys are errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| TrainError::BadFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Renders the configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// The parsed GLUE task.
+    pub fn glue_task(&self) -> Result<kdlora_glue::GlueTask> {
+        self.task
+            .parse::<kdlora_glue::GlueTask>()
+            .map_err(|e| TrainError::invalid("task", e.to_string()))
+    }
+
+    /// Checks ranges and cross-field requirements; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        self.glue_task()?;
+        let positive = [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("grad_accumulation", self.grad_accumulation),
+            ("max_len", self.max_len),
+            ("eval_batch_size", self.eval_batch_size),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(TrainError::invalid(key, "must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::invalid(
+                "lr",
+                format!("{} is not a positive number", self.lr),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(TrainError::invalid("weight_decay", "must be >= 0"));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(TrainError::invalid("warmup_ratio", "must be in [0, 1)"));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(TrainError::invalid(
+                "grad_clip",
+                "must be >= 0 (0 disables clipping)",
+            ));
+        }
+        if matches!(self.max_train_examples, Some(0)) {
+            return Err(TrainError::invalid(
+                "max_train_examples",
+                "must be at least 1",
+            ));
+        }
+        if matches!(self.max_eval_examples, Some(0)) {
+            return Err(TrainError::invalid(
+                "max_eval_examples",
+                "must be at least 1",
+            ));
+        }
+        if self.method.uses_teacher() && self.teacher.is_none() {
+            return Err(TrainError::invalid(
+                "teacher",
+                format!(
+                    "method `{}` needs a teacher run folder",
+                    self.method.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Expands `${NAME}` references in the path fields from the environment. `KDLORA_SHARED`
+    /// defaults to `../shared` when unset, so configs can say `${KDLORA_SHARED}/models/...`.
+    pub fn expand_paths(&mut self) -> Result<()> {
+        let expand = |key: &str, p: &Path| -> Result<PathBuf> {
+            let s = p.to_string_lossy();
+            expand_vars(&s)
+                .map(PathBuf::from)
+                .map_err(|m| TrainError::invalid(key, m))
+        };
+        self.model = expand("model", &self.model)?;
+        self.data = expand("data", &self.data)?;
+        self.out = expand("out", &self.out)?;
+        if let Some(t) = &self.teacher {
+            self.teacher = Some(expand("teacher", t)?);
+        }
+        Ok(())
+    }
+}
+
+fn expand_vars(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated `${{` in `{s}`"));
+        };
+        let name = &after[..end];
+        let value = match std::env::var(name) {
+            Ok(v) => v,
+            Err(_) if name == "KDLORA_SHARED" => "../shared".to_string(),
+            Err(_) => return Err(format!("environment variable `{name}` is not set")),
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "method = \"lora\"\ntask = \"sst2\"\nmodel = \"m\"\ndata = \"d\"\nout = \"o\"\n";
+
+    fn load(file_text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<RunConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, file_text).unwrap();
+        RunConfig::load(&ConfigSources {
+            file: Some(file),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: ConfigSources::parse_overrides(sets)?,
+        })
+    }
+
+    #[test]
+    fn defaults_follow_the_paper() {
+        let cfg = load(BASE, &[], &[]).unwrap();
+        assert_eq!(cfg.method, Method::Lora);
+        assert_eq!(
+            (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout),
+            (8, 16.0, 0.05)
+        );
+        assert_eq!((cfg.kd.temperature, cfg.kd.alpha), (2.0, 0.5));
+        assert_eq!(
+            (cfg.weight_decay, cfg.grad_clip, cfg.warmup_ratio),
+            (0.01, 1.0, 0.0)
+        );
+        assert_eq!((cfg.seed, cfg.grad_accumulation), (42, 1));
+    }
+
+    #[test]
+    fn layers_file_then_env_then_overrides() {
+        let text = format!("{BASE}epochs = 5\nlr = 1e-4\n[lora]\nr = 4\n");
+        let env = [
+            ("KDLORA_EPOCHS", "4"),
+            ("KDLORA_LORA__R", "12"),
+            ("KDLORA_SHARED", "/elsewhere"),
+            ("PATH", "/bin"),
+        ];
+        let cfg = load(
+            &text,
+            &env,
+            &["lora.r=16", "lora.target_modules=[\"query\", \"key\"]"],
+        )
+        .unwrap();
+        assert_eq!(cfg.epochs, 4, "env beats file");
+        assert_eq!(cfg.lr, 1e-4, "file value kept");
+        assert_eq!(cfg.lora.r, 16, "--set beats env");
+        assert_eq!(
+            cfg.lora.target_modules,
+            Some(kdlora_lora::TargetModules::names(&["query", "key"]))
+        );
+        let cfg = load(BASE, &[], &["method=kd-lora", "teacher=runs/t"]).unwrap();
+        assert_eq!(cfg.method, Method::KdLora);
+        assert_eq!(cfg.teacher.as_deref(), Some(Path::new("runs/t")));
+    }
+
+    #[test]
+    fn bad_keys_and_values_name_the_key() {
+        let err = load(&format!("{BASE}epoch = 3\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epoch"), "{err}");
+        let err = load(BASE, &[], &["lora.rank=3"]).unwrap_err().to_string();
+        assert!(err.contains("rank"), "{err}");
+        let err = load(BASE, &[], &["epochs=three"]).unwrap_err().to_string();
+        assert!(err.contains("epochs"), "{err}");
+        let err = load(BASE, &[], &["lr=0"]).unwrap_err().to_string();
+        assert!(err.contains("`lr`"), "{err}");
+        let err = load(BASE, &[], &["task=sst3"]).unwrap_err().to_string();
+        assert!(err.contains("`task`"), "{err}");
+        let err = load(BASE, &[], &["method=kd"]).unwrap_err().to_string();
+        assert!(err.contains("`teacher`"), "{err}");
+        let err = load(BASE, &[], &["method=\"sgd\""])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("method") || err.contains("sgd"), "{err}");
+        let err = load(&format!("{BASE}lr = \n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml"), "{err}");
+        let err = ConfigSources::parse_overrides(&["novalue"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("novalue"), "{err}");
+    }
+
+    #[test]
+    fn saved_config_roundtrips() {
+        let cfg = load(
+            BASE,
+            &[],
+            &["max_train_examples=100", "method=kd-lora", "teacher=t"],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+        let back = RunConfig::from_toml_file(&path).unwrap();
+        assert_eq!(back.to_toml().unwrap(), cfg.to_toml().unwrap());
+        assert_eq!(back.max_train_examples, Some(100));
+    }
+
+    #[test]
+    fn expands_environment_references_in_paths() {
+        let mut cfg = load(BASE, &[], &["model=\"${KDLORA_SHARED}/models/x\""]).unwrap();
+        cfg.expand_paths().unwrap();
+        let expected = std::env::var("KDLORA_SHARED").unwrap_or_else(|_| "../shared".into());
+        assert_eq!(cfg.model, PathBuf::from(format!("{expected}/models/x")));
+        let mut cfg = load(BASE, &[], &["data=\"${KDLORA_TEST_SURELY_UNSET_VAR}/x\""]).unwrap();
+        let err = cfg.expand_paths().unwrap_err().to_string();
+        assert!(err.contains("`data`"), "{err}");
+    }
+
+    #[test]
+    fn every_cpu_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cpu");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            // reproduce.toml is the xtask grid preset, not a run configuration.
+            let is_run = path.file_name().is_some_and(|n| n != "reproduce.toml");
+            if is_run && path.extension().is_some_and(|e| e == "toml") {
+                let cfg = RunConfig::load(&ConfigSources {
+                    file: Some(path.clone()),
+                    ..Default::default()
+                })
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(
+                    cfg.out.starts_with("runs/cpu"),
+                    "{}: out {}",
+                    path.display(),
+                    cfg.out.display()
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 8, "only {n} configs in {}", dir.display());
+    }
+}

@@ -1,0 +1,96 @@
+//! [`TrainError`]: everything that can stop a run, naming the file, key or step involved.
+
+use std::path::PathBuf;
+
+/// Errors of configuration, training, evaluation and run-folder handling.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The layered configuration could not be read or has a bad key or value.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// A configuration value is present but not usable.
+    #[error("configuration key `{key}`: {message}")]
+    InvalidValue {
+        /// The configuration key (dotted path).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file exists but its content is not what was expected.
+    #[error("{path}: {message}")]
+    BadFile {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The loss became NaN or infinite.
+    #[error(
+        "loss is {value} at optimizer step {step} (epoch {epoch}); the run was stopped and its checkpoint at this step was not written (lower the learning rate?)"
+    )]
+    NonFiniteLoss {
+        /// Global optimizer step (1-based) at which the loss was not finite.
+        step: usize,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// The offending loss value.
+        value: f32,
+    },
+
+    /// The encoder crate failed (loading or saving a model).
+    #[error("model: {0}")]
+    Encoder(#[from] kdlora_encoders::EncoderError),
+
+    /// The LoRA crate failed (injecting, saving or loading adapters).
+    #[error("lora: {0}")]
+    Lora(#[from] kdlora_lora::LoraError),
+
+    /// The GLUE crate failed (data, tokenizer, metrics).
+    #[error("data: {0}")]
+    Glue(#[from] kdlora_glue::GlueError),
+
+    /// The distillation crate failed (teacher-logit store).
+    #[error("distillation: {0}")]
+    Distill(#[from] kdlora_distill::DistillError),
+
+    /// A Burn recorder failed to save or load a checkpoint.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The recorder's message.
+        message: String,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::InvalidValue {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,711 @@
+//! The training loop: FFT, LoRA, KD-LoRA and KD runs from a [`RunConfig`] to a finished run folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use kdlora_distill::{TeacherLogits, TeacherLogitsMeta};
+use kdlora_encoders::{LoadOptions, SequenceClassifier};
+use kdlora_glue::{GlueBatcher, GlueLabels, GlueTokenizer, Split};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Method, RunConfig};
+use crate::data::SplitData;
+use crate::error::{Result, TrainError};
+use crate::eval::{
+    InferenceTiming, TOKENIZER_FILE, TOKENIZER_FILES, evaluate_model, load_model, time_inference,
+};
+use crate::memory::{PEAK_RSS_METHOD, peak_rss_bytes};
+use crate::optim::{GroupedAdamW, ParamCounts, linear_schedule, param_groups};
+use crate::progress::{StepInfo, TrainObserver};
+use crate::run_dir::{
+    CheckpointState, RunDir, create_dir, read_jsonl, remove_dir_if_exists, replace_dir,
+    write_atomic, write_json, write_jsonl,
+};
+
+/// Batch size of the inference-time measurement (the paper's setting).
+pub const INFERENCE_BATCH_SIZE: usize = 32;
+
+/// One line of `metrics.jsonl`: an epoch's training loss and dev metrics.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Optimizer steps taken by the end of the epoch.
+    pub step: usize,
+    /// Mean training loss over the epoch's micro-batches.
+    pub train_loss: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// The task's GLUE number (x100) on dev.
+    pub score: f64,
+    /// All dev metrics (`kdlora_glue::TaskMetrics`).
+    pub dev: serde_json::Value,
+    /// Training wall-clock seconds of the epoch (steps only).
+    pub train_seconds: f64,
+    /// Evaluation wall-clock seconds.
+    pub eval_seconds: f64,
+}
+
+/// Training throughput.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Throughput {
+    /// Training examples processed (all epochs).
+    pub examples: usize,
+    /// Seconds spent in training steps.
+    pub seconds: f64,
+    /// `examples / seconds`.
+    pub examples_per_second: f64,
+    /// How it was measured.
+    pub method: String,
+}
+
+/// Peak memory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Memory {
+    /// Peak resident set size of the process, bytes (`None` where unavailable).
+    pub peak_rss_bytes: Option<u64>,
+    /// The same in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// How it was measured.
+    pub method: String,
+}
+
+/// Parameter counts of a LoRA run, from `kdlora_lora::count_params`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoraParams {
+    /// Parameters of the adapters (`sum r * (d_in + d_out)`): trainable count without the head.
+    pub adapter: usize,
+    /// Parameters of the head modules trained in full.
+    pub head: usize,
+}
+
+/// `metrics.json`: the final numbers of a run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunMetrics {
+    /// Recipe.
+    pub method: Method,
+    /// Task name.
+    pub task: String,
+    /// Model folder.
+    pub model: String,
+    /// Teacher run, for distillation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// Backend the run used.
+    pub device: String,
+    /// Training examples per epoch.
+    pub train_examples: usize,
+    /// Dev examples.
+    pub dev_examples: usize,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Last epoch (what the paper reports).
+    pub last: EpochRecord,
+    /// Best epoch by dev score.
+    pub best: EpochRecord,
+    /// Exact parameter counts.
+    pub params: ParamCounts,
+    /// `100 * trainable / total`.
+    pub trainable_percent: f64,
+    /// LoRA runs: adapter parameters alone and the head's (trained in full, `modules_to_save`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_params: Option<LoraParams>,
+    /// Training throughput.
+    pub train: Throughput,
+    /// Peak memory.
+    pub memory: Memory,
+    /// Inference time on dev (absent when `inference_passes = 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceTiming>,
+}
+
+/// Resolves a model argument: a run folder's `model/` or the folder itself.
+pub fn model_dir(path: &Path) -> PathBuf {
+    let inner = path.join("model");
+    if inner.join(kdlora_encoders::CONFIG_FILE).is_file() {
+        inner
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Keys that may differ between a stopped run and its resumption.
+fn comparable(cfg: &RunConfig) -> RunConfig {
+    let mut c = cfg.clone();
+    c.stop_after_epochs = None;
+    c.device = String::new();
+    c.inference_passes = 0;
+    c
+}
+
+fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
+    // SplitMix64 finaliser over (seed, stream, n): distinct, well-spread seeds per epoch/step.
+    let mut z = seed
+        .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(n.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Micro-batches (positions) of an epoch in the seeded shuffled order.
+fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed, 1, epoch as u64)));
+    order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+}
+
+/// Computes (or reuses) the teacher's logits over the training split, in position order.
+fn teacher_logits<B: Backend>(
+    cfg: &RunConfig,
+    run: &RunDir,
+    train_examples: &SplitData,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<TeacherLogits> {
+    let teacher_path = cfg
+        .teacher
+        .as_ref()
+        .ok_or_else(|| TrainError::invalid("teacher", "missing"))?;
+    let task = cfg.glue_task()?;
+    let teacher = load_model::<B>(teacher_path, Some(task.num_labels()), device)?;
+    if teacher.model.num_labels() != task.num_labels() {
+        return Err(TrainError::invalid(
+            "teacher",
+            format!(
+                "the teacher has {} outputs, {task} needs {}",
+                teacher.model.num_labels(),
+                task.num_labels()
+            ),
+        ));
+    }
+    let mut model = teacher.model;
+    kdlora_lora::merge(&mut model);
+    // The teacher reads the examples with its own tokenizer at the run's max_len.
+    let tokenizer = teacher.tokenizer.with_max_len(cfg.max_len)?;
+    let mut weights = String::new();
+    for file in &teacher.weight_files {
+        weights.push_str(&kdlora_distill::sha256_file(file)?);
+    }
+    let tokenizer_json = serde_json::to_vec(tokenizer.inner())
+        .map_err(|e| TrainError::Config(format!("serialising the teacher tokenizer: {e}")))?;
+    let meta = TeacherLogitsMeta {
+        teacher: format!("{} ({})", teacher_path.display(), model.config().model_type),
+        teacher_weights_sha256: kdlora_distill::sha256_bytes(weights.as_bytes()),
+        task: task.name().to_string(),
+        split: "train".into(),
+        tokenizer_sha256: kdlora_distill::sha256_bytes(&tokenizer_json),
+        max_len: cfg.max_len,
+        dataset_rows_sha256: train_examples.rows_sha256(),
+        num_examples: train_examples.len(),
+        num_outputs: task.num_labels(),
+        ..Default::default()
+    };
+    let build = || -> Result<Vec<f32>> {
+        observer.on_phase(&format!(
+            "computing teacher logits for {} training examples",
+            train_examples.len()
+        ));
+        let encoded = tokenizer.encode_examples(&train_examples.examples)?;
+        let data = SplitData {
+            encoded,
+            ..train_examples.clone()
+        };
+        let batcher = GlueBatcher::from_tokenizer(&tokenizer);
+        let rows = crate::eval::logits(&model, &data, &batcher, cfg.eval_batch_size, device)?;
+        Ok(rows.concat())
+    };
+    let (store, outcome) = TeacherLogits::load_or_build(run.teacher_logits(), &meta, build)?;
+    tracing::info!(?outcome, "teacher logits ready");
+    Ok(store)
+}
+
+struct Loop<'a, B: AutodiffBackend> {
+    cfg: &'a RunConfig,
+    device: &'a B::Device,
+    train: &'a SplitData,
+    dev: &'a SplitData,
+    batcher: GlueBatcher,
+    teacher: Option<TeacherLogits>,
+}
+
+impl<B: AutodiffBackend> Loop<'_, B> {
+    /// Loss of one micro-batch (unscaled).
+    fn loss(&self, model: &SequenceClassifier<B>, positions: &[usize]) -> Result<Tensor<B, 1>> {
+        let batch = self
+            .train
+            .batch::<B>(&self.batcher, positions, self.device)?;
+        let logits = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids);
+        let teacher = match &self.teacher {
+            Some(t) => Some(t.lookup::<B>(positions, self.device)?),
+            None => None,
+        };
+        let labels = batch.labels.ok_or_else(|| TrainError::BadFile {
+            path: self.cfg.data.clone(),
+            message: "training batch without labels".into(),
+        })?;
+        Ok(match (labels, teacher) {
+            (GlueLabels::Class(l), None) => kdlora_distill::hard_loss(logits, l),
+            (GlueLabels::Score(s), None) => {
+                let n = s.dims()[0];
+                (logits.reshape([n]) - s).square().mean()
+            }
+            (GlueLabels::Class(l), Some(t)) => {
+                kdlora_distill::try_kd_loss(logits, t, l, &self.cfg.kd)?.total
+            }
+            (GlueLabels::Score(s), Some(t)) => {
+                kdlora_distill::try_regression_kd_loss(logits, t, s, &self.cfg.kd)?.total
+            }
+        })
+    }
+}
+
+fn save_checkpoint<B: AutodiffBackend>(
+    run: &RunDir,
+    model: &SequenceClassifier<B>,
+    optim: &GroupedAdamW<SequenceClassifier<B>, B>,
+    state: &CheckpointState,
+) -> Result<()> {
+    let root = run.checkpoints();
+    create_dir(&root)?;
+    let name = format!("step-{:08}", state.global_step);
+    let target = root.join(&name);
+    let staged = RunDir::temp_for(&target);
+    remove_dir_if_exists(&staged)?;
+    create_dir(&staged)?;
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let model_path = staged.join("model");
+    model
+        .clone()
+        .save_file(model_path.clone(), &recorder)
+        .map_err(|e| TrainError::Checkpoint {
+            path: model_path,
+            message: e.to_string(),
+        })?;
+    optim.save(&staged)?;
+    write_json(&staged.join("state.json"), state)?;
+    replace_dir(&staged, &target)?;
+    // Only the newest checkpoint is kept: each holds the model and two optimizer moments.
+    for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
+        let entry = entry.map_err(|e| TrainError::io(&root, e))?;
+        let fname = entry.file_name().to_string_lossy().to_string();
+        if fname.starts_with("step-") && fname != name {
+            remove_dir_if_exists(&entry.path())?;
+        }
+    }
+    tracing::debug!(checkpoint = %target.display(), "checkpoint written");
+    Ok(())
+}
+
+type Optim<B> = GroupedAdamW<SequenceClassifier<B>, B>;
+
+fn load_checkpoint_model<B: AutodiffBackend>(
+    dir: &Path,
+    model: SequenceClassifier<B>,
+    device: &B::Device,
+) -> Result<SequenceClassifier<B>> {
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let model_path = dir.join("model");
+    model
+        .load_file(model_path.clone(), &recorder, device)
+        .map_err(|e| TrainError::Checkpoint {
+            path: model_path,
+            message: e.to_string(),
+        })
+}
+
+/// Builds the student as the recipe wants it: LoRA adapters attached (base frozen) or all
+/// parameters trainable.
+fn build_student<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    num_labels: usize,
+    device: &B::Device,
+) -> Result<SequenceClassifier<B>> {
+    let options = LoadOptions::default()
+        .with_num_labels(num_labels)
+        .with_seed(cfg.seed);
+    let (model, report) = SequenceClassifier::<B>::load(&cfg.model, &options, device)?;
+    tracing::info!(model = %cfg.model.display(), initialised = ?report.initialised, "student loaded");
+    if cfg.method.uses_lora() {
+        Ok(kdlora_lora::inject(model, &cfg.lora, device)?)
+    } else {
+        Ok(model)
+    }
+}
+
+/// Trains a run described by `cfg` on autodiff backend `B`, writing the run folder `cfg.out`.
+///
+/// With `resume`, continues from the newest checkpoint in the run folder (the saved
+/// `config.toml` must match `cfg` except `stop_after_epochs`, `device` and
+/// `inference_passes`); the result equals an uninterrupted run with the same seed on CPU.
+pub fn train<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    resume: bool,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunMetrics> {
+    let mut cfg = cfg.clone();
+    cfg.expand_paths()?;
+    cfg.validate()?;
+    cfg.lora
+        .validate()
+        .map_err(|e| TrainError::invalid("lora", e.to_string()))?;
+    cfg.kd
+        .validate()
+        .map_err(|e| TrainError::invalid("kd", e.to_string()))?;
+    cfg.model = absolute(&cfg.model);
+    cfg.data = absolute(&cfg.data);
+    cfg.teacher = cfg.teacher.as_deref().map(absolute);
+    let cfg = cfg;
+    let task = cfg.glue_task()?;
+    let run = RunDir::new(&cfg.out);
+
+    let checkpoint = if resume {
+        run.latest_checkpoint()?
+    } else {
+        None
+    };
+    if resume {
+        if run.config().is_file() {
+            let saved = RunConfig::from_toml_file(&run.config())?;
+            let (a, b) = (comparable(&saved).to_toml()?, comparable(&cfg).to_toml()?);
+            if a != b {
+                return Err(TrainError::Config(format!(
+                    "{} differs from the configuration given; resume with the run's own \
+                     configuration (saved:\n{a}\ngiven:\n{b})",
+                    run.config().display()
+                )));
+            }
+        }
+        if checkpoint.is_none() {
+            tracing::warn!(run = %run.root().display(), "no checkpoint to resume from; starting from scratch");
+        }
+    } else if run.checkpoints().exists() || run.metrics_json().exists() {
+        return Err(TrainError::invalid(
+            "out",
+            format!(
+                "{} already holds a run; pass --resume to continue it or choose another folder",
+                run.root().display()
+            ),
+        ));
+    }
+    create_dir(run.root())?;
+    // An early stop is an instruction to this invocation, not part of the run: `--resume` with
+    // the saved configuration continues to `epochs`.
+    let mut saved_cfg = cfg.clone();
+    saved_cfg.stop_after_epochs = None;
+    write_atomic(&run.config(), saved_cfg.to_toml()?.as_bytes())?;
+
+    B::seed(device, cfg.seed);
+    let tokenizer =
+        GlueTokenizer::from_file(&cfg.model.join(TOKENIZER_FILE))?.with_max_len(cfg.max_len)?;
+    let train_data = SplitData::load(
+        &cfg.data,
+        task,
+        Split::Train,
+        cfg.max_train_examples,
+        &tokenizer,
+    )?;
+    let dev_data = SplitData::load(
+        &cfg.data,
+        task,
+        Split::Dev,
+        cfg.max_eval_examples,
+        &tokenizer,
+    )?;
+    tracing::info!(
+        task = task.name(),
+        train = train_data.len(),
+        dev = dev_data.len(),
+        method = cfg.method.as_str(),
+        "data loaded"
+    );
+
+    let teacher = if cfg.method.uses_teacher() {
+        Some(teacher_logits::<B::InnerBackend>(
+            &cfg,
+            &run,
+            &train_data,
+            device,
+            observer,
+        )?)
+    } else {
+        None
+    };
+
+    let mut model = build_student::<B>(&cfg, task.num_labels(), device)?;
+    let lora_params = cfg.method.uses_lora().then(|| {
+        let c = kdlora_lora::count_params(&model, &cfg.lora);
+        LoraParams {
+            adapter: c.adapter,
+            head: c.head,
+        }
+    });
+
+    let mut state = CheckpointState {
+        epochs_completed: 0,
+        global_step: 0,
+        batches_in_epoch: 0,
+        train_seconds: 0.0,
+        train_examples: 0,
+        epoch_loss_sum: 0.0,
+        epoch_batches: 0,
+        epoch_seconds: 0.0,
+    };
+    let mut records: Vec<EpochRecord> = Vec::new();
+    if let Some((dir, saved)) = &checkpoint {
+        tracing::info!(checkpoint = %dir.display(), step = saved.global_step, "resuming");
+        model = load_checkpoint_model(dir, model, device)?;
+        state = saved.clone();
+        if run.metrics_jsonl().is_file() {
+            records = read_jsonl(&run.metrics_jsonl())?;
+            records.retain(|r| r.epoch <= state.epochs_completed);
+        }
+    }
+    // Groups are keyed by parameter id, and loading a checkpoint restores the saved ids: group
+    // only after that, so the optimizer state found in the checkpoint matches.
+    let groups = param_groups::<B, _>(&model);
+    let counts = groups.counts.unwrap_or(ParamCounts {
+        trainable: 0,
+        total: 0,
+    });
+    tracing::info!(
+        trainable = counts.trainable,
+        total = counts.total,
+        decay_tensors = groups.decay.len(),
+        no_decay_tensors = groups.no_decay.len(),
+        "parameters"
+    );
+    let mut optim = Optim::<B>::new(&groups, cfg.weight_decay, cfg.grad_clip);
+    if let Some((dir, _)) = &checkpoint {
+        optim = optim.load(dir, device)?;
+    }
+
+    let batches_per_epoch = train_data.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accumulation);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as usize;
+    // A run resumed after it finished only needs its final outputs rewritten.
+    let stop_epoch = cfg.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
+
+    let lp = Loop::<B> {
+        cfg: &cfg,
+        device,
+        train: &train_data,
+        dev: &dev_data,
+        batcher: GlueBatcher::from_tokenizer(&tokenizer),
+        teacher,
+    };
+
+    observer.on_start(total_steps, state.global_step);
+    let mut lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
+    for epoch in state.epochs_completed..stop_epoch {
+        let batches = epoch_batches(train_data.len(), cfg.batch_size, cfg.seed, epoch);
+        let skip = state.batches_in_epoch;
+        let groups_of_epoch: Vec<&[Vec<usize>]> =
+            batches[skip..].chunks(cfg.grad_accumulation).collect();
+        let epoch_start = Instant::now();
+        for group in groups_of_epoch {
+            let step_start = Instant::now();
+            // Reseeding per step makes dropout masks a function of (seed, step) only, so a
+            // resumed run draws exactly what an uninterrupted one would.
+            B::seed(device, mix_seed(cfg.seed, 2, state.global_step as u64));
+            lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
+            let mut accumulator = GradientsAccumulator::<SequenceClassifier<B>>::new();
+            let mut step_loss = 0.0;
+            let mut step_examples = 0;
+            for positions in group {
+                let loss = lp.loss(&model, positions)?;
+                let value: f64 = loss.clone().into_scalar().elem::<f64>();
+                if !value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        step: state.global_step + 1,
+                        epoch: epoch + 1,
+                        value: value as f32,
+                    });
+                }
+                let scaled = loss.div_scalar(group.len() as f64);
+                let grads = GradientsParams::from_grads(scaled.backward(), &model);
+                accumulator.accumulate(&model, grads);
+                step_loss += value;
+                step_examples += positions.len();
+                state.epoch_loss_sum += value;
+                state.epoch_batches += 1;
+            }
+            let (updated, norm) = optim.step(lr, model, accumulator.grads());
+            model = updated;
+            if let Some(n) = norm
+                && !n.is_finite()
+            {
+                return Err(TrainError::NonFiniteLoss {
+                    step: state.global_step + 1,
+                    epoch: epoch + 1,
+                    value: n as f32,
+                });
+            }
+            state.global_step += 1;
+            state.batches_in_epoch += group.len();
+            state.train_examples += step_examples;
+            let secs = step_start.elapsed().as_secs_f64();
+            state.train_seconds += secs;
+            state.epoch_seconds += secs;
+            observer.on_step(&StepInfo {
+                epoch: epoch + 1,
+                step: state.global_step,
+                total_steps,
+                loss: step_loss / group.len() as f64,
+                lr,
+                examples_per_second: if state.train_seconds > 0.0 {
+                    state.train_examples as f64 / state.train_seconds
+                } else {
+                    0.0
+                },
+            });
+            let at_epoch_end = state.batches_in_epoch == batches.len();
+            if cfg.checkpoint_steps > 0
+                && state.global_step.is_multiple_of(cfg.checkpoint_steps)
+                && !at_epoch_end
+            {
+                save_checkpoint(&run, &model, &optim, &state)?;
+            }
+        }
+        let _ = epoch_start;
+
+        let eval_start = Instant::now();
+        let valid = model.valid();
+        let metrics = evaluate_model(&valid, lp.dev, &lp.batcher, cfg.eval_batch_size, device)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            step: state.global_step,
+            train_loss: state.epoch_loss_sum / state.epoch_batches.max(1) as f64,
+            lr,
+            score: metrics.score,
+            dev: serde_json::to_value(&metrics).unwrap_or_default(),
+            train_seconds: state.epoch_seconds,
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch = record.epoch,
+            train_loss = record.train_loss,
+            score = record.score,
+            "epoch evaluated"
+        );
+        observer.on_epoch_end(record.epoch, record.score);
+        records.push(record);
+        state.epochs_completed = epoch + 1;
+        state.batches_in_epoch = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_batches = 0;
+        state.epoch_seconds = 0.0;
+        write_jsonl(&run.metrics_jsonl(), &records)?;
+        save_checkpoint(&run, &model, &optim, &state)?;
+    }
+    observer.on_finish();
+
+    if state.epochs_completed < cfg.epochs {
+        tracing::info!(
+            epochs = state.epochs_completed,
+            "stopped early as configured; resume with --resume"
+        );
+    }
+    let (Some(last), Some(best)) = (
+        records.last().cloned(),
+        records
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .cloned(),
+    ) else {
+        return Err(TrainError::Config(
+            "no epoch was trained (epochs or stop_after_epochs is 0)".into(),
+        ));
+    };
+
+    // Final artifacts.
+    let mut valid = model.valid();
+    if cfg.method.uses_lora() {
+        let target = run.adapter();
+        let staged = RunDir::temp_for(&target);
+        remove_dir_if_exists(&staged)?;
+        kdlora_lora::save_adapter(&valid, &cfg.lora, &staged, &cfg.model.to_string_lossy())?;
+        replace_dir(&staged, &target)?;
+    } else {
+        let target = run.model();
+        let staged = RunDir::temp_for(&target);
+        remove_dir_if_exists(&staged)?;
+        valid.save_pretrained(&staged)?;
+        for name in TOKENIZER_FILES {
+            let src = cfg.model.join(name);
+            if src.is_file() {
+                std::fs::copy(&src, staged.join(name)).map_err(|e| TrainError::io(&src, e))?;
+            }
+        }
+        replace_dir(&staged, &target)?;
+    }
+
+    let inference = if cfg.inference_passes > 0 {
+        observer.on_phase("timing inference on dev");
+        kdlora_lora::merge(&mut valid);
+        Some(time_inference(
+            &valid,
+            &dev_data,
+            &lp.batcher,
+            INFERENCE_BATCH_SIZE,
+            cfg.inference_passes,
+            device,
+        )?)
+    } else {
+        None
+    };
+
+    let peak = peak_rss_bytes();
+    let metrics = RunMetrics {
+        method: cfg.method,
+        task: task.name().to_string(),
+        model: cfg.model.display().to_string(),
+        teacher: cfg.teacher.as_ref().map(|t| t.display().to_string()),
+        device: cfg.device.clone(),
+        train_examples: train_data.len(),
+        dev_examples: dev_data.len(),
+        epochs: state.epochs_completed,
+        last,
+        best,
+        params: counts,
+        trainable_percent: 100.0 * counts.trainable as f64 / counts.total.max(1) as f64,
+        lora_params,
+        train: Throughput {
+            examples: state.train_examples,
+            seconds: state.train_seconds,
+            examples_per_second: if state.train_seconds > 0.0 {
+                state.train_examples as f64 / state.train_seconds
+            } else {
+                0.0
+            },
+            method: "training examples processed divided by wall-clock seconds of the training \
+                     steps (batching, forward, backward, optimizer), summed over epochs and \
+                     resumptions; evaluation, checkpoints and teacher logits excluded"
+                .into(),
+        },
+        memory: Memory {
+            peak_rss_bytes: peak,
+            peak_rss_mib: peak.map(|b| b as f64 / (1024.0 * 1024.0)),
+            method: PEAK_RSS_METHOD.into(),
+        },
+        inference,
+    };
+    if state.epochs_completed == cfg.epochs {
+        write_json(&run.metrics_json(), &metrics)?;
+    }
+    Ok(metrics)
+}
