@@ -5,6 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod paper;
 mod params;
 mod preset;
@@ -31,6 +32,48 @@ enum Task {
         /// Print the grid without running it.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Throughput and peak memory of training (fft, lora, kd-lora) and inference, per model and
+    /// device, optionally against PyTorch + PEFT (bench/torch_reference.py) in the same run.
+    Bench {
+        /// Also run bench/torch_reference.py for each configuration and report kdlora/PyTorch ratios.
+        #[arg(long)]
+        compare_torch: bool,
+        /// Models: student, teacher (../shared MiniLM pair), bert-base, or model folders.
+        #[arg(long, value_delimiter = ',', default_value = "student,teacher")]
+        models: Vec<String>,
+        /// Modes: fft, lora, kd-lora, inference.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fft,lora,kd-lora,inference"
+        )]
+        modes: Vec<String>,
+        /// Devices: cpu, wgpu (lavapipe here: very slow), cuda.
+        #[arg(long, value_delimiter = ',', default_value = "cpu")]
+        devices: Vec<String>,
+        /// One warm-up and two timed steps per configuration.
+        #[arg(long)]
+        quick: bool,
+        /// Timed steps per configuration (default 4 on cpu/cuda, 1 on wgpu).
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Warm-up steps per configuration (default 1).
+        #[arg(long)]
+        warmup: Option<u32>,
+        /// Threads on both sides (default: number of cores).
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long, default_value_t = 32)]
+        batch: u32,
+        #[arg(long, default_value_t = 128)]
+        seq: u32,
+        /// Results folder (default: results/bench).
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Python with torch 2.5.1, transformers 4.46.3, peft 0.13.2.
+        #[arg(long, env = "KDLORA_BENCH_PYTHON", default_value = "python3")]
+        python: String,
     },
     /// Regenerate the Hugging Face parity fixtures with the pinned Python environment.
     Fixtures {
@@ -91,6 +134,37 @@ fn main() -> Result<()> {
             },
         ),
         Task::Fixtures { python } => fixtures(&root, &python),
+        Task::Bench {
+            compare_torch,
+            models,
+            modes,
+            devices,
+            quick,
+            steps,
+            warmup,
+            threads,
+            batch,
+            seq,
+            results,
+            python,
+        } => bench::run(
+            &root,
+            &shared_dir(&root),
+            &bench::Options {
+                compare_torch,
+                models,
+                modes,
+                devices,
+                quick,
+                steps,
+                warmup,
+                threads,
+                batch,
+                seq,
+                results,
+                python,
+            },
+        ),
     }
 }
 

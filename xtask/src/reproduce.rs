@@ -196,7 +196,17 @@ fn check_inputs(cells: &[Cell], preset: &str) -> Result<()> {
 }
 
 /// Builds the `kdlora` binary in the profile xtask itself runs in and returns its path.
-fn build_cli(root: &Path) -> Result<PathBuf> {
+///
+/// `KDLORA_BIN` names an already built binary instead (the end-to-end test uses the one
+/// `cargo test --workspace` built).
+pub(crate) fn build_cli(root: &Path) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("KDLORA_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("KDLORA_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo);
@@ -223,4 +233,86 @@ fn build_cli(root: &Path) -> Result<PathBuf> {
         bail!("expected the kdlora binary at {}", bin.display());
     }
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `quick` preset end to end: six real training runs through the `kdlora` binary, then the
+    /// tables. Skips when the shared models/data or the binary are absent.
+    #[test]
+    fn quick_preset_produces_every_output_with_sane_content() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let shared = std::env::var_os("KDLORA_SHARED")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("../shared"));
+        if !shared.join("models/all-MiniLM-L6-v2").is_dir() {
+            eprintln!("skipped: no shared models at {}", shared.display());
+            return;
+        }
+        // target/debug/deps/xtask-HASH -> target/debug/kdlora, built by `cargo test --workspace`.
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("kdlora");
+        if !bin.is_file() {
+            eprintln!("skipped: {} not built (run `cargo test --workspace`)", bin.display());
+            return;
+        }
+        // SAFETY: no other test of this binary reads or writes the environment.
+        unsafe { std::env::set_var("KDLORA_BIN", &bin) };
+        let results = tempfile::tempdir().unwrap();
+        run(
+            &root,
+            &shared,
+            &Options {
+                preset: "quick".into(),
+                results: Some(results.path().to_path_buf()),
+                dry_run: false,
+            },
+        )
+        .unwrap();
+        for file in [
+            "table1.md",
+            "table2.md",
+            "results.json",
+            "scores-MiniLM.svg",
+            "memory.svg",
+            "inference.svg",
+        ] {
+            let path = results.path().join(file);
+            assert!(path.is_file(), "{file} missing");
+            assert!(std::fs::metadata(&path).unwrap().len() > 100, "{file} too small");
+        }
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(results.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        let runs = json["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 6);
+        for run in runs {
+            let score = run["score"].as_f64().expect("every run finished with a score");
+            assert!((0.0..=100.0).contains(&score), "score {score}");
+            assert!(run["peak_rss_mib"].as_f64().unwrap() > 10.0);
+        }
+        let table1 = std::fs::read_to_string(results.path().join("table1.md")).unwrap();
+        assert!(table1.contains("| RTE |") && table1.contains("| MRPC |"));
+        assert!(!table1.contains("failed"), "{table1}");
+        let table2 = json["table2"].as_array().unwrap();
+        assert_eq!(table2.len(), 3);
+        // LoRA trains far fewer parameters than FFT; the L3 student is smaller than the L6 model.
+        let trainable = |i: usize| table2[i]["trainable_r8_16_32_64"][0].as_u64().unwrap();
+        assert!(trainable(1) * 100 < trainable(0));
+        assert!(table2[2]["total"].as_u64() < table2[1]["total"].as_u64());
+        // The grid resumes: a second run reuses every finished run.
+        run(
+            &root,
+            &shared,
+            &Options {
+                preset: "quick".into(),
+                results: Some(results.path().to_path_buf()),
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    }
 }

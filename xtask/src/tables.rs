@@ -246,8 +246,8 @@ pub fn write_all(
             md,
             "## {} (teacher-size model `{}`, student `{}`)\n",
             family.name,
-            vars.expand(&family.teacher).unwrap_or_else(|_| family.teacher.clone()),
-            vars.expand(&family.student).unwrap_or_else(|_| family.student.clone())
+            short_model(&family.teacher),
+            short_model(&family.student)
         );
         let _ = writeln!(md, "| task | FFT | LoRA | KD-LoRA |");
         let _ = writeln!(md, "|---|---|---|---|");
@@ -351,6 +351,8 @@ struct Table2Row {
     adapter_r8: u64,
     head: u64,
     total: u64,
+    /// Trainable parameters counted in the preset's runs (their head may be wider than PEFT's).
+    trainable_in_runs: Option<u64>,
     peak_rss_mib: Option<f64>,
     inference_seconds: Option<f64>,
     inference_task: Option<String>,
@@ -388,8 +390,9 @@ fn table2(
     let _ = writeln!(md, "# Table 2: parameters, memory and inference time\n");
     let _ = writeln!(
         md,
-        "- Trainable parameters: exact counts for a 2-label head. FFT trains everything; LoRA and \
-         KD-LoRA train the query/value adapters plus the classification head (`modules_to_save`). \
+        "- Trainable parameters: exact closed-form counts for a 2-label head. FFT trains everything; \
+         LoRA and KD-LoRA train the query/value adapters plus PEFT's default head (`classifier`). \
+         `trainable in runs` is what the preset's runs counted (their `modules_to_save` may be wider). \
          Adapter-only counts are in `results.json`.\n\
          - Total: parameters of the classification model without adapters.\n\
          - Memory: peak resident memory of the training process (VmHWM of the `kdlora train` process: \
@@ -401,12 +404,12 @@ fn table2(
     );
     let _ = writeln!(
         md,
-        "| family | model | method | trainable r=8 / 16 / 32 / 64 | total | memory MiB | inference s (task) |{}",
+        "| family | model | method | trainable r=8 / 16 / 32 / 64 | trainable in runs | total | memory MiB | inference s (task) |{}",
         if with_paper { " paper memory MB / inference s |" } else { "" }
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|{}",
+        "|---|---|---|---|---|---|---|---|{}",
         if with_paper { "---|" } else { "" }
     );
     let mut rows = Vec::new();
@@ -455,6 +458,7 @@ fn table2(
                 .filter_map(|r| r.inference_seconds)
                 .collect();
             let time = median(&mut t);
+            let trainable_in_runs = runs.iter().find_map(|r| r.trainable_params);
             mems.push(mem);
             times.push(time);
             let short = model.rsplit('/').next().unwrap_or(&model).to_string();
@@ -468,7 +472,7 @@ fn table2(
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |{}",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |{}",
                 family.name,
                 short,
                 method_name(method),
@@ -477,6 +481,7 @@ fn table2(
                     .map(|v| group_digits(*v))
                     .collect::<Vec<_>>()
                     .join(" / "),
+                trainable_in_runs.map_or("n/a".into(), group_digits),
                 group_digits(counts8.total as u64),
                 mem.map_or("n/a".into(), |v| format!("{v:.0}")),
                 match (&time, &inference_task) {
@@ -493,6 +498,7 @@ fn table2(
                 adapter_r8: counts8.adapter as u64,
                 head: counts8.head as u64,
                 total: counts8.total as u64,
+                trainable_in_runs,
                 peak_rss_mib: mem,
                 inference_seconds: time,
                 inference_task,
@@ -528,11 +534,21 @@ fn table2(
     Ok(Table2 { markdown: md, rows })
 }
 
+/// A model argument without the machine-specific folder it lives in.
+fn short_model(model: &str) -> String {
+    model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_string()
+}
+
 fn group_digits(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

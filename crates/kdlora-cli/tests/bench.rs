@@ -123,3 +123,20 @@ fn too_long_sequences_are_an_error_not_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("maximum sequence length 40"), "{stderr}");
 }
+
+#[test]
+fn a_config_file_alone_gives_a_fresh_model_of_that_shape() {
+    let config = fixture("bert_cls3").join("config.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_kdlora"))
+        .arg("bench")
+        .arg("--model")
+        .arg(&config)
+        .args(["--mode", "lora", "--batch", "2", "--seq", "8"])
+        .args(["--steps", "1", "--warmup", "0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running kdlora");
+    let v = parse(&output);
+    assert_eq!(v["model"], "config");
+    assert_eq!(v["trainable_params"], 2 * 2 * 8 * (24 + 24) + 24 * 2 + 2);
+}

@@ -19,7 +19,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kdlora_distill::{KdConfig, TeacherLogits, TeacherLogitsMeta};
-use kdlora_encoders::{LoadOptions, SequenceClassifier};
+use kdlora_encoders::{LoadOptions, ModelConfig, SequenceClassifier};
 use kdlora_lora::LoraConfig;
 use kdlora_train::{GroupedAdamW, linear_schedule, param_counts, param_groups, peak_rss_bytes};
 use serde::Serialize;
@@ -57,7 +57,8 @@ impl Mode {
 /// Arguments of `kdlora bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Model folder (Hugging Face layout: config.json, model.safetensors).
+    /// Model folder (Hugging Face layout: config.json, model.safetensors), or a config.json file
+    /// alone for a model of that shape with freshly initialised weights (e.g. BERT-base).
     #[arg(long)]
     pub model: PathBuf,
     /// What to measure.
@@ -260,8 +261,15 @@ fn load<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<SequenceC
         .with_num_labels(args.num_labels as usize)
         .with_seed(args.seed)
         .with_fresh_head(true);
-    let (model, _report) = SequenceClassifier::<B>::load(&args.model, &options, device)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let model = if args.model.is_file() {
+        let config = ModelConfig::from_file(&args.model)?;
+        SequenceClassifier::<B>::from_config(config, &options, device)
+            .with_context(|| format!("building a model from {}", args.model.display()))?
+    } else {
+        SequenceClassifier::<B>::load(&args.model, &options, device)
+            .with_context(|| format!("loading the model from {}", args.model.display()))?
+            .0
+    };
     let max = model.max_sequence_length();
     if args.seq as usize > max {
         bail!(
@@ -373,7 +381,7 @@ fn result(
         mode: args.mode.name(),
         model: args
             .model
-            .file_name()
+            .file_stem()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| args.model.display().to_string()),
         model_type: measured.model_type,
