@@ -25,7 +25,9 @@ fn get(cfg: &Value, key: &str) -> Result<usize> {
 }
 
 fn get_or(cfg: &Value, key: &str, default: usize) -> usize {
-    cfg.get(key).and_then(Value::as_u64).map_or(default, |v| v as usize)
+    cfg.get(key)
+        .and_then(Value::as_u64)
+        .map_or(default, |v| v as usize)
 }
 
 fn linear(d_in: usize, d_out: usize) -> usize {
@@ -106,7 +108,10 @@ pub fn closed_form(cfg: &Value, num_labels: usize, r: usize) -> Result<Counts> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let mut encoder_extra = 0;
-            let share = cfg.get("share_att_key").and_then(Value::as_bool).unwrap_or(false);
+            let share = cfg
+                .get("share_att_key")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let pos_att: Vec<String> = match cfg.get("pos_att_type") {
                 Some(Value::String(s)) => s.split('|').map(|t| t.trim().to_lowercase()).collect(),
                 Some(Value::Array(a)) => a

@@ -83,7 +83,10 @@ impl Preset {
             bail!("{}: top_k must be at least 1", path.display());
         }
         if preset.seeds.is_empty() || preset.families.is_empty() || preset.tasks.is_empty() {
-            bail!("{}: seeds, families and tasks must not be empty", path.display());
+            bail!(
+                "{}: seeds, families and tasks must not be empty",
+                path.display()
+            );
         }
         for method in METHODS {
             if !preset.grid.contains_key(method) {
@@ -279,10 +282,8 @@ lr = [5e-4]
         assert_eq!(lora.run_config["lora"]["r"].as_integer(), Some(4));
         assert_eq!(lora.run_config["model"].as_str(), Some("/x/t"));
         assert_eq!(lora.config_id, "alpha16.0_r4_s1");
-        let ids: std::collections::BTreeSet<_> = cells
-            .iter()
-            .map(|c| c.run_dir(Path::new("/r")))
-            .collect();
+        let ids: std::collections::BTreeSet<_> =
+            cells.iter().map(|c| c.run_dir(Path::new("/r"))).collect();
         assert_eq!(ids.len(), cells.len(), "run folders are unique");
     }
 

@@ -19,7 +19,10 @@ pub struct Options {
 }
 
 pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
-    let preset_path = root.join("configs").join(&options.preset).join("reproduce.toml");
+    let preset_path = root
+        .join("configs")
+        .join(&options.preset)
+        .join("reproduce.toml");
     let preset = Preset::load(&preset_path)?;
     let vars = Vars::new(BTreeMap::from([
         ("KDLORA_SHARED".to_string(), shared.display().to_string()),
@@ -119,7 +122,10 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         let seconds = t0.elapsed().as_secs_f64();
         ran_seconds.push(seconds);
         if !status.success() || !metrics_path.is_file() {
-            let msg = format!("{label}: `kdlora train --config {}` failed ({status})", config_path.display());
+            let msg = format!(
+                "{label}: `kdlora train --config {}` failed ({status})",
+                config_path.display()
+            );
             eprintln!("{msg}");
             failures.push(msg);
             outcomes.push(CellResult::failed(cell, &run_dir));
@@ -255,7 +261,10 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().and_then(Path::parent).unwrap().join("kdlora");
         if !bin.is_file() {
-            eprintln!("skipped: {} not built (run `cargo test --workspace`)", bin.display());
+            eprintln!(
+                "skipped: {} not built (run `cargo test --workspace`)",
+                bin.display()
+            );
             return;
         }
         // SAFETY: no other test of this binary reads or writes the environment.
@@ -281,7 +290,10 @@ mod tests {
         ] {
             let path = results.path().join(file);
             assert!(path.is_file(), "{file} missing");
-            assert!(std::fs::metadata(&path).unwrap().len() > 100, "{file} too small");
+            assert!(
+                std::fs::metadata(&path).unwrap().len() > 100,
+                "{file} too small"
+            );
         }
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(results.path().join("results.json")).unwrap(),
@@ -290,7 +302,9 @@ mod tests {
         let runs = json["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 6);
         for run in runs {
-            let score = run["score"].as_f64().expect("every run finished with a score");
+            let score = run["score"]
+                .as_f64()
+                .expect("every run finished with a score");
             assert!((0.0..=100.0).contains(&score), "score {score}");
             assert!(run["peak_rss_mib"].as_f64().unwrap() > 10.0);
         }

@@ -11,7 +11,9 @@ pub struct Group {
 const COLORS: [&str; 4] = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"];
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A grouped bar chart; missing values leave a gap.
@@ -129,8 +131,14 @@ mod tests {
             "score",
             &["a", "b"],
             &[
-                Group { label: "x&y".into(), values: vec![Some(50.0), None] },
-                Group { label: "z".into(), values: vec![Some(80.0), Some(20.0)] },
+                Group {
+                    label: "x&y".into(),
+                    values: vec![Some(50.0), None],
+                },
+                Group {
+                    label: "z".into(),
+                    values: vec![Some(80.0), Some(20.0)],
+                },
             ],
         );
         assert_eq!(svg.matches("<title>").count(), 3);

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::params;
 use crate::paper;
+use crate::params;
 use crate::preset::{Cell, METHODS, Preset, Vars};
 use crate::svg;
 
@@ -79,8 +79,8 @@ impl CellResult {
     /// Reads a finished run's `metrics.json`.
     pub fn load(cell: &Cell, run_dir: &Path) -> Result<Self> {
         let path = run_dir.join("metrics.json");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let m: Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut r = Self::empty(cell, run_dir);
@@ -181,7 +181,11 @@ pub fn table1_rows(preset: &Preset, results: &[CellResult]) -> Vec<Table1Row> {
                     for r in results.iter().filter(|r| {
                         r.family == family.name && r.task == task.name && r.method == *method
                     }) {
-                        let value = if mismatched { r.score_mismatched } else { r.score };
+                        let value = if mismatched {
+                            r.score_mismatched
+                        } else {
+                            r.score
+                        };
                         if let Some(v) = value {
                             by_config.entry(r.config.clone()).or_default().push(v);
                             any = true;
@@ -285,7 +289,11 @@ pub fn write_all(
                 }
             })
             .collect();
-        let _ = writeln!(md, "| **Score** (mean of rows) | {} |", score_cells.join(" | "));
+        let _ = writeln!(
+            md,
+            "| **Score** (mean of rows) | {} |",
+            score_cells.join(" | ")
+        );
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(100.0 * a / b),
             _ => None,
@@ -405,7 +413,11 @@ fn table2(
     let _ = writeln!(
         md,
         "| family | model | method | trainable r=8 / 16 / 32 / 64 | trainable in runs | total | memory MiB | inference s (task) |{}",
-        if with_paper { " paper memory MB / inference s |" } else { "" }
+        if with_paper {
+            " paper memory MB / inference s |"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,
@@ -581,9 +593,23 @@ mod tests {
             median_of_top_k(&map, k)
         };
         // top 3 of {90, 80, 70, 60} = {90, 80, 70}: median 80
-        assert_eq!(m(&[("a", &[90.0]), ("b", &[80.0]), ("c", &[70.0]), ("d", &[60.0])], 3), Some(80.0));
+        assert_eq!(
+            m(
+                &[
+                    ("a", &[90.0]),
+                    ("b", &[80.0]),
+                    ("c", &[70.0]),
+                    ("d", &[60.0])
+                ],
+                3
+            ),
+            Some(80.0)
+        );
         // top 2 = {90, 80}: median 85
-        assert_eq!(m(&[("a", &[90.0]), ("b", &[80.0]), ("c", &[70.0])], 2), Some(85.0));
+        assert_eq!(
+            m(&[("a", &[90.0]), ("b", &[80.0]), ("c", &[70.0])], 2),
+            Some(85.0)
+        );
         // seeds of one config are averaged first: a = 75, b = 80
         assert_eq!(m(&[("a", &[70.0, 80.0]), ("b", &[80.0])], 1), Some(80.0));
         assert_eq!(m(&[], 6), None);
