@@ -78,11 +78,6 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
             cell.config_id
         );
         let metrics_path = run_dir.join("metrics.json");
-        if metrics_path.is_file() {
-            eprintln!("{label}: finished earlier, reused");
-            outcomes.push(CellResult::load(cell, &run_dir)?);
-            continue;
-        }
         let teacher = if cell.method == "kd-lora" {
             match best_teacher(cell, &outcomes) {
                 Some(dir) => Some(dir),
@@ -106,7 +101,21 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
             "{}-{}-{}-{}.toml",
             cell.family, cell.task, cell.method, cell.config_id
         ));
-        std::fs::write(&config_path, toml::to_string_pretty(&table)?)
+        let config_text = toml::to_string_pretty(&table)?;
+        // A finished run is reused only when it was trained from exactly this configuration: an
+        // edited preset (or a different teacher) must not leave stale numbers in the tables.
+        let unchanged = std::fs::read_to_string(&config_path).is_ok_and(|old| old == config_text);
+        if metrics_path.is_file() && unchanged {
+            eprintln!("{label}: finished earlier, reused");
+            outcomes.push(CellResult::load(cell, &run_dir)?);
+            continue;
+        }
+        if run_dir.exists() && !unchanged {
+            eprintln!("{label}: its configuration changed since the earlier run; training afresh");
+            std::fs::remove_dir_all(&run_dir)
+                .with_context(|| format!("removing {}", run_dir.display()))?;
+        }
+        std::fs::write(&config_path, &config_text)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let eta = eta(&ran_seconds, cells.len() - i);
         eprintln!("{label}: training{eta}");
@@ -317,7 +326,11 @@ mod tests {
         let trainable = |i: usize| table2[i]["trainable_r8_16_32_64"][0].as_u64().unwrap();
         assert!(trainable(1) * 100 < trainable(0));
         assert!(table2[2]["total"].as_u64() < table2[1]["total"].as_u64());
-        // The grid resumes: a second run reuses every finished run.
+        // The grid resumes: a second run reuses every finished run (their metrics are untouched).
+        let metrics = results
+            .path()
+            .join("runs/MiniLM/rte/fft/bs16_lr0.00005_wd0.01_s42/metrics.json");
+        let before = std::fs::read(&metrics).unwrap();
         run(
             &root,
             &shared,
@@ -328,5 +341,10 @@ mod tests {
             },
         )
         .unwrap();
+        assert_eq!(
+            std::fs::read(&metrics).unwrap(),
+            before,
+            "finished run was retrained"
+        );
     }
 }
