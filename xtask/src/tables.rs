@@ -131,18 +131,9 @@ pub fn median_of_top_k(scores_by_config: &BTreeMap<String, Vec<f64>>, top_k: usi
         .filter(|v| !v.is_empty())
         .map(|v| v.iter().sum::<f64>() / v.len() as f64)
         .collect();
-    if means.is_empty() {
-        return None;
-    }
     means.sort_by(|a, b| b.total_cmp(a));
     means.truncate(top_k);
-    means.sort_by(|a, b| a.total_cmp(b));
-    let n = means.len();
-    Some(if n % 2 == 1 {
-        means[n / 2]
-    } else {
-        (means[n / 2 - 1] + means[n / 2]) / 2.0
-    })
+    median(&mut means)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
