@@ -9,6 +9,11 @@ use serde::Deserialize;
 /// The three recipes of the paper's Table 1, in table order.
 pub const METHODS: [&str; 3] = ["fft", "lora", "kd-lora"];
 
+/// Optional ablation: LoRA on the student without distillation (`kdlora train --method lora` on the
+/// student model). Beside KD-LoRA it shows what the teacher adds; a preset runs it when it has a
+/// `[grid.lora-student]` table.
+pub const LORA_STUDENT: &str = "lora-student";
+
 /// A preset file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,9 +99,9 @@ impl Preset {
             }
         }
         for key in preset.grid.keys() {
-            if !METHODS.contains(&key.as_str()) {
+            if !METHODS.contains(&key.as_str()) && key != LORA_STUDENT {
                 bail!(
-                    "{}: unknown method [grid.{key}] (expected one of {})",
+                    "{}: unknown method [grid.{key}] (expected one of {}, {LORA_STUDENT})",
                     path.display(),
                     METHODS.join(", ")
                 );
@@ -105,22 +110,39 @@ impl Preset {
         Ok(preset)
     }
 
+    /// The methods this preset runs, in table order: FFT, LoRA, the LoRA-on-student ablation when
+    /// configured, KD-LoRA.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut methods = vec!["fft", "lora"];
+        if self.grid.contains_key(LORA_STUDENT) {
+            methods.push(LORA_STUDENT);
+        }
+        methods.push("kd-lora");
+        methods
+    }
+
     /// Every run of the grid, teachers (FFT) first so distillation finds them.
     pub fn cells(&self, vars: &Vars) -> Result<Vec<Cell>> {
         let mut cells = Vec::new();
-        for method in METHODS {
+        for method in self.methods() {
             let combos = expand(&self.grid[method]);
             for family in &self.families {
                 for task in &self.tasks {
                     for combo in &combos {
                         for &seed in &self.seeds {
-                            let model = if method == "kd-lora" {
+                            let model = if uses_student(method) {
                                 &family.student
                             } else {
                                 &family.teacher
                             };
+                            // The ablation is a plain LoRA run; only its model differs.
+                            let recipe = if method == LORA_STUDENT {
+                                "lora"
+                            } else {
+                                method
+                            };
                             let mut table = self.common.clone();
-                            table.insert("method".into(), method.into());
+                            table.insert("method".into(), recipe.into());
                             table.insert("task".into(), task.name.clone().into());
                             table.insert("model".into(), vars.expand(model)?.into());
                             table.insert("data".into(), vars.expand(&task.data)?.into());
@@ -144,6 +166,11 @@ impl Preset {
         }
         Ok(cells)
     }
+}
+
+/// Whether a method trains the student model (KD-LoRA and the LoRA-on-student ablation).
+pub fn uses_student(method: &str) -> bool {
+    method == "kd-lora" || method == LORA_STUDENT
 }
 
 /// The cartesian product of a method's grid, keys in sorted order.
@@ -285,6 +312,45 @@ lr = [5e-4]
         let ids: std::collections::BTreeSet<_> =
             cells.iter().map(|c| c.run_dir(Path::new("/r"))).collect();
         assert_eq!(ids.len(), cells.len(), "run folders are unique");
+    }
+
+    #[test]
+    fn lora_student_ablation_runs_plain_lora_on_the_student() {
+        let preset: Preset = toml::from_str(
+            r#"
+description = "t"
+top_k = 1
+seeds = [1]
+[[families]]
+name = "F"
+teacher = "/t"
+student = "/s"
+[[tasks]]
+name = "rte"
+data = "/glue"
+[grid.fft]
+lr = [1e-5]
+[grid.lora]
+lr = [1e-3]
+[grid.lora-student]
+lr = [2e-3]
+[grid.kd-lora]
+lr = [1e-3]
+"#,
+        )
+        .unwrap();
+        assert_eq!(preset.methods(), ["fft", "lora", "lora-student", "kd-lora"]);
+        let cells = preset.cells(&Vars::new(BTreeMap::new())).unwrap();
+        let ablation = cells.iter().find(|c| c.method == LORA_STUDENT).unwrap();
+        assert_eq!(ablation.run_config["method"].as_str(), Some("lora"));
+        assert_eq!(ablation.run_config["model"].as_str(), Some("/s"));
+        assert!(
+            ablation
+                .run_dir(Path::new("/r"))
+                .ends_with("rte/lora-student/lr0.002_s1")
+        );
+        let lora = cells.iter().find(|c| c.method == "lora").unwrap();
+        assert_eq!(lora.run_config["model"].as_str(), Some("/t"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::paper;
 use crate::params;
-use crate::preset::{Cell, METHODS, Preset, Vars};
+use crate::preset::{Cell, LORA_STUDENT, METHODS, Preset, Vars, uses_student};
 use crate::svg;
 
 /// What one finished (or failed) run contributed.
@@ -120,8 +120,14 @@ fn method_name(method: &str) -> &'static str {
         "fft" => "FFT",
         "lora" => "LoRA",
         "kd-lora" => "KD-LoRA",
+        LORA_STUDENT => "LoRA (student, no KD)",
         _ => "?",
     }
+}
+
+/// Column of a method in the paper's Table 1 (the ablation has none).
+fn paper_column(method: &str) -> Option<usize> {
+    METHODS.iter().position(|m| *m == method)
 }
 
 /// Median of the `top_k` best configurations (each averaged over its seeds).
@@ -155,19 +161,20 @@ pub struct Table1Row {
     pub family: String,
     pub row: String,
     pub subset: bool,
-    /// FFT, LoRA, KD-LoRA.
-    pub scores: [Option<f64>; 3],
+    /// One per method of [`Preset::methods`], in that order.
+    pub scores: Vec<Option<f64>>,
 }
 
 /// Table 1 rows per family, in preset task order, with MNLI-mm when evaluated.
 pub fn table1_rows(preset: &Preset, results: &[CellResult]) -> Vec<Table1Row> {
+    let methods = preset.methods();
     let mut rows = Vec::new();
     for family in &preset.families {
         for task in &preset.tasks {
             for mismatched in [false, true] {
-                let mut scores = [None; 3];
+                let mut scores = vec![None; methods.len()];
                 let mut any = false;
-                for (mi, method) in METHODS.iter().enumerate() {
+                for (mi, method) in methods.iter().enumerate() {
                     let mut by_config: BTreeMap<String, Vec<f64>> = BTreeMap::new();
                     for r in results.iter().filter(|r| {
                         r.family == family.name && r.task == task.name && r.method == *method
@@ -244,23 +251,28 @@ pub fn write_all(
             short_model(&family.teacher),
             short_model(&family.student)
         );
-        let _ = writeln!(md, "| task | FFT | LoRA | KD-LoRA |");
-        let _ = writeln!(md, "|---|---|---|---|");
-        let mut sums = [0.0; 3];
-        let mut complete = [true; 3];
+        let methods = preset.methods();
+        let n_methods = methods.len();
+        let column = |name: &str| methods.iter().position(|m| *m == name);
+        let names: Vec<&str> = methods.iter().map(|m| method_name(m)).collect();
+        let _ = writeln!(md, "| task | {} |", names.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---|".repeat(n_methods));
+        let mut sums = vec![0.0; n_methods];
+        let mut complete = vec![true; n_methods];
+        let paper_cell = |row: &str, mi: usize, ours: String| match (
+            with_paper,
+            paper_column(methods[mi]).and_then(|pc| paper::table1(row, &family.name, pc)),
+        ) {
+            (true, Some(p)) => format!("{ours} (paper {p:.1})"),
+            _ => ours,
+        };
         for row in &fam_rows {
-            let cells: Vec<String> = (0..3)
-                .map(|mi| {
-                    let ours = fmt(row.scores[mi]);
-                    match (with_paper, paper::table1(&row.row, &family.name, mi)) {
-                        (true, Some(p)) => format!("{ours} (paper {p:.1})"),
-                        _ => ours,
-                    }
-                })
+            let cells: Vec<String> = (0..n_methods)
+                .map(|mi| paper_cell(&row.row, mi, fmt(row.scores[mi])))
                 .collect();
             let star = if row.subset { "*" } else { "" };
             let _ = writeln!(md, "| {}{star} | {} |", row.row, cells.join(" | "));
-            for mi in 0..3 {
+            for mi in 0..n_methods {
                 match row.scores[mi] {
                     Some(v) => sums[mi] += v,
                     None => complete[mi] = false,
@@ -268,17 +280,11 @@ pub fn write_all(
             }
         }
         let n = fam_rows.len().max(1) as f64;
-        let score: Vec<Option<f64>> = (0..3)
+        let score: Vec<Option<f64>> = (0..n_methods)
             .map(|mi| complete[mi].then(|| sums[mi] / n))
             .collect();
-        let score_cells: Vec<String> = (0..3)
-            .map(|mi| {
-                let ours = fmt(score[mi]);
-                match (with_paper, paper::table1("Score", &family.name, mi)) {
-                    (true, Some(p)) => format!("{ours} (paper {p:.1})"),
-                    _ => ours,
-                }
-            })
+        let score_cells: Vec<String> = (0..n_methods)
+            .map(|mi| paper_cell("Score", mi, fmt(score[mi])))
             .collect();
         let _ = writeln!(
             md,
@@ -289,26 +295,44 @@ pub fn write_all(
             (Some(a), Some(b)) if b > 0.0 => Some(100.0 * a / b),
             _ => None,
         };
-        let of_lora = ratio(score[2], score[1]);
-        let of_fft = ratio(score[2], score[0]);
+        let score_of = |name: &str| column(name).and_then(|mi| score[mi]);
+        let of_lora = ratio(score_of("kd-lora"), score_of("lora"));
+        let of_fft = ratio(score_of("kd-lora"), score_of("fft"));
         let _ = writeln!(
             md,
-            "\nKD-LoRA keeps {} of LoRA's score and {} of FFT's (paper: 98.1% and 97% on average).\n",
+            "\nKD-LoRA keeps {} of LoRA's score and {} of FFT's (paper: 98.1% and 97% on average).",
             of_lora.map_or("n/a".into(), |v| format!("{v:.1}%")),
             of_fft.map_or("n/a".into(), |v| format!("{v:.1}%"))
         );
+        let kd_gain = match (score_of("kd-lora"), score_of(LORA_STUDENT)) {
+            (Some(kd), Some(plain)) => Some(kd - plain),
+            _ => None,
+        };
+        if let Some(gain) = kd_gain {
+            let _ = writeln!(
+                md,
+                "Distillation adds {gain:+.1} points over LoRA on the same student without a teacher."
+            );
+        }
+        md.push('\n');
+        let scores_json: serde_json::Map<String, Value> = methods
+            .iter()
+            .zip(&score)
+            .map(|(m, s)| (m.replace('-', "_"), serde_json::json!(s)))
+            .collect();
         summary.push(serde_json::json!({
             "family": family.name,
-            "score": {"fft": score[0], "lora": score[1], "kd_lora": score[2]},
+            "score": scores_json,
             "kd_lora_percent_of_lora": of_lora,
             "kd_lora_percent_of_fft": of_fft,
+            "kd_gain_over_lora_student": kd_gain,
         }));
 
         let groups: Vec<svg::Group> = fam_rows
             .iter()
             .map(|r| svg::Group {
                 label: format!("{}{}", r.row, if r.subset { "*" } else { "" }),
-                values: r.scores.to_vec(),
+                values: r.scores.clone(),
             })
             .collect();
         write_atomic(
@@ -316,7 +340,7 @@ pub fn write_all(
             &svg::grouped_bars(
                 &format!("{}: GLUE dev score per task and method", family.name),
                 "score (x100)",
-                &["FFT", "LoRA", "KD-LoRA"],
+                &names,
                 &groups,
             ),
         )?;
@@ -329,6 +353,7 @@ pub fn write_all(
         "preset": preset_name,
         "description": preset.description,
         "top_k": preset.top_k,
+        "methods": preset.methods(),
         "table1": rows,
         "summary": summary,
         "table2": table2.rows,
@@ -422,7 +447,7 @@ fn table2(
         let mut mems = Vec::new();
         let mut times = Vec::new();
         for method in METHODS {
-            let model = if method == "kd-lora" {
+            let model = if uses_student(method) {
                 &family.student
             } else {
                 &family.teacher

@@ -71,7 +71,8 @@ pub struct RunConfig {
     pub method: Method,
     /// GLUE task name (`sst2`, `mrpc`, `stsb`, ...).
     pub task: String,
-    /// Model folder (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    /// Model folder (Hugging Face layout: config.json, model.safetensors, tokenizer.json), or a
+    /// Hugging Face Hub id `org/name[@revision]` (`train` saves the resolved snapshot folder).
     pub model: PathBuf,
     /// GLUE data folder (original TSV layout or HF JSON lines).
     pub data: PathBuf,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
+use crate::hub::resolve_model_path;
 use crate::run_dir::RunDir;
 
 /// Name of the tokenizer file in model folders.
@@ -57,19 +58,21 @@ pub fn tokenizer_dir(path: &Path) -> PathBuf {
         return run.model();
     }
     match RunConfig::from_toml_file(&run.config()) {
-        Ok(cfg) => cfg.model,
+        Ok(cfg) => resolve_model_path(&cfg.model).unwrap_or(cfg.model),
         Err(_) => path.to_path_buf(),
     }
 }
 
-/// Loads a run folder (FFT: `model/`; LoRA: base model + `adapter/`) or a plain Hugging Face
-/// model folder. `num_labels` is used for plain folders without a matching head (fresh head).
+/// Loads a run folder (FFT: `model/`; LoRA: base model + `adapter/`), a plain Hugging Face
+/// model folder or a Hub id ([`resolve_model`](crate::resolve_model)). `num_labels` is used for
+/// plain folders without a matching head (fresh head).
 pub fn load_model<B: Backend>(
     path: &Path,
     num_labels: Option<usize>,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
     if !is_run_dir(path) {
+        let path = &resolve_model_path(path)?;
         let options = LoadOptions {
             num_labels,
             ..Default::default()
@@ -94,7 +97,7 @@ pub fn load_model<B: Backend>(
         let tok_dir = if run.model().join(TOKENIZER_FILE).is_file() {
             run.model()
         } else {
-            cfg.model.clone()
+            resolve_model_path(&cfg.model)?
         };
         (
             model,
@@ -102,15 +105,17 @@ pub fn load_model<B: Backend>(
             tok_dir,
         )
     } else {
-        let (base, _) = SequenceClassifier::<B>::load(&cfg.model, &options, device)?;
+        // Saved configs hold a local folder; a hand-written one may name a Hub id.
+        let base_dir = resolve_model_path(&cfg.model)?;
+        let (base, _) = SequenceClassifier::<B>::load(&base_dir, &options, device)?;
         let (model, _) = kdlora_lora::load_adapter(base, &run.adapter(), device)?;
         (
             model,
             vec![
-                cfg.model.join(kdlora_encoders::WEIGHTS_FILE),
+                base_dir.join(kdlora_encoders::WEIGHTS_FILE),
                 run.adapter().join("adapter_model.safetensors"),
             ],
-            cfg.model.clone(),
+            base_dir,
         )
     };
     let tokenizer =

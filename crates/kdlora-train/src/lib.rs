@@ -45,6 +45,7 @@ mod config;
 mod data;
 mod error;
 mod eval;
+mod hub;
 mod memory;
 mod optim;
 mod progress;
@@ -57,6 +58,10 @@ pub use error::{Result, TrainError};
 pub use eval::{
     InferenceTiming, LoadedModel, TOKENIZER_FILE, eval_run, evaluate_model, is_run_dir, load_model,
     logits, predict_run, predictions, time_inference, tokenizer_dir,
+};
+pub use hub::{
+    DEFAULT_ENDPOINT, DEFAULT_REVISION, HubSettings, HubSource, OPTIONAL_FILES, REQUIRED_FILES,
+    ResolvedModel, hub_source, parse_hub_id, resolve_model, resolve_model_in, resolve_model_path,
 };
 pub use memory::{PEAK_RSS_METHOD, peak_rss_bytes};
 pub use optim::{

@@ -96,6 +96,9 @@ pub struct RunMetrics {
     pub task: String,
     /// Model folder.
     pub model: String,
+    /// The Hub repository and commit the model folder is a snapshot of, when it came from the Hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hub: Option<crate::hub::HubSource>,
     /// Teacher run, for distillation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<String>,
@@ -365,7 +368,14 @@ pub fn train<B: AutodiffBackend>(
     cfg.kd
         .validate()
         .map_err(|e| TrainError::invalid("kd", e.to_string()))?;
-    cfg.model = absolute(&cfg.model);
+    // A Hub id (`org/name[@rev]`) becomes its cached (or downloaded) snapshot folder; the saved
+    // config.toml records that local folder, so eval/predict of the run work offline.
+    let resolved = crate::hub::resolve_model_in(
+        &cfg.model.to_string_lossy(),
+        &crate::hub::HubSettings::from_env(),
+    )?;
+    cfg.model = absolute(&resolved.path);
+    let model_hub = resolved.hub;
     cfg.data = absolute(&cfg.data);
     cfg.teacher = cfg.teacher.as_deref().map(absolute);
     let cfg = cfg;
@@ -638,7 +648,11 @@ pub fn train<B: AutodiffBackend>(
         let target = run.adapter();
         let staged = RunDir::temp_for(&target);
         remove_dir_if_exists(&staged)?;
-        kdlora_lora::save_adapter(&valid, &cfg.lora, &staged, &cfg.model.to_string_lossy())?;
+        // PEFT convention: the Hub id when the base came from the Hub, else the folder.
+        let base = model_hub
+            .as_ref()
+            .map_or_else(|| cfg.model.to_string_lossy().to_string(), |h| h.id.clone());
+        kdlora_lora::save_adapter(&valid, &cfg.lora, &staged, &base)?;
         replace_dir(&staged, &target)?;
     } else {
         let target = run.model();
@@ -674,6 +688,7 @@ pub fn train<B: AutodiffBackend>(
         method: cfg.method,
         task: task.name().to_string(),
         model: cfg.model.display().to_string(),
+        model_hub,
         teacher: cfg.teacher.as_ref().map(|t| t.display().to_string()),
         device: cfg.device.clone(),
         train_examples: train_data.len(),

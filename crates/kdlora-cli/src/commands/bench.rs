@@ -57,8 +57,9 @@ impl Mode {
 /// Arguments of `kdlora bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Model folder (Hugging Face layout: config.json, model.safetensors), or a config.json file
-    /// alone for a model of that shape with freshly initialised weights (e.g. BERT-base).
+    /// Model folder (Hugging Face layout: config.json, model.safetensors), a Hugging Face Hub id
+    /// (`org/name[@revision]`), or a config.json file alone for a model of that shape with
+    /// freshly initialised weights (e.g. BERT-base).
     #[arg(long)]
     pub model: PathBuf,
     /// What to measure.
@@ -144,12 +145,14 @@ pub struct BenchResult {
 }
 
 /// Runs the verb.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(threads) = args.threads
         && std::env::var(THREADS_ENV).ok() != Some(threads.to_string())
     {
         return reexec_with_threads(threads);
     }
+    // Resolved (and downloaded) before any timing starts.
+    args.model = kdlora_train::resolve_model_path(&args.model)?;
     let result = match args.mode {
         Mode::Inference => args.device.run(Infer { args })?,
         _ => args.device.run_autodiff(Train { args })?,
@@ -379,11 +382,16 @@ fn result(
         framework: "kdlora",
         version: env!("CARGO_PKG_VERSION"),
         mode: args.mode.name(),
-        model: args
-            .model
-            .file_stem()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| args.model.display().to_string()),
+        // A Hub snapshot folder is named by its commit: report the repository instead.
+        model: kdlora_train::hub_source(&args.model).map_or_else(
+            || {
+                args.model
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_else(|| args.model.display().to_string())
+            },
+            |hub| hub.id,
+        ),
         model_type: measured.model_type,
         device: device_name(args.device),
         backend: measured.backend,

@@ -18,8 +18,9 @@ use crate::device::{BackendTask, DeviceArg};
 /// Arguments of `kdlora logits`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint folder (config.json, model.safetensors; tokenizer.json for --text), or a run
-    /// folder written by `kdlora train` (`--run` is an alias).
+    /// Checkpoint folder (config.json, model.safetensors; tokenizer.json for --text), a run
+    /// folder written by `kdlora train` (`--run` is an alias), or a Hugging Face Hub id
+    /// (`org/name[@revision]`, from the HF cache or downloaded).
     #[arg(long, visible_alias = "run")]
     pub model: PathBuf,
     /// JSON-lines file of token ids (`-` reads stdin).
@@ -62,7 +63,8 @@ struct Prepared {
 }
 
 /// Runs the verb.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    args.model = kdlora_train::resolve_model_path(&args.model)?;
     let device = args.device;
     device.run(Logits { args })
 }

@@ -25,7 +25,8 @@ const TOKENIZER_FILES: &[&str] = &[
 /// Arguments of `kdlora merge`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Base checkpoint folder (config.json, model.safetensors).
+    /// Base checkpoint folder (config.json, model.safetensors), or a Hugging Face Hub id
+    /// (`org/name[@revision]`, from the HF cache or downloaded).
     #[arg(long)]
     pub model: PathBuf,
     /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
@@ -37,8 +38,9 @@ pub struct Args {
 }
 
 /// Runs the verb. Merging is a handful of small matrix products, so it always runs on the CPU in f32.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     type B = NdArray<f32>;
+    args.model = kdlora_train::resolve_model_path(&args.model)?;
     let device = Default::default();
     if same_folder(&args.out, &args.model) || same_folder(&args.out, &args.adapter) {
         bail!(

@@ -23,7 +23,7 @@ pub struct Args {
     /// GLUE task (sst2, mrpc, stsb, ...).
     #[arg(long)]
     pub task: Option<String>,
-    /// Model folder (Hugging Face layout).
+    /// Model folder (Hugging Face layout) or Hugging Face Hub id (`org/name[@revision]`).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Teacher run folder (kd-lora, kd).
