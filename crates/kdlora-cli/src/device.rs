@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::anyhow;
 use burn::backend::{Autodiff, Cuda, NdArray, Wgpu};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use kdlora_lora::{AutodiffLoraOps, LoraOps};
 
 /// The compute device (and with it the Burn backend).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -27,7 +27,7 @@ pub trait BackendTask {
     /// What the work returns.
     type Output;
     /// Runs on backend `B` with `device`.
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<Self::Output>;
 }
 
 /// Work that needs gradients (training) and runs on any autodiff backend.
@@ -35,7 +35,7 @@ pub trait AutodiffTask {
     /// What the work returns.
     type Output;
     /// Runs on autodiff backend `B` with `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: AutodiffLoraOps>(self, device: B::Device) -> anyhow::Result<Self::Output>;
 }
 
 impl DeviceArg {

@@ -4,9 +4,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kdlora_lora::LoraLinear;
+use kdlora_lora::LoraOps;
 
 use crate::blocks::{attention_bias, first_token, multi_head_attention};
 use crate::config::{Activation, ModelConfig};
@@ -15,7 +15,7 @@ use crate::weights::{LoadReport, ModuleLoader, TensorWriter};
 
 /// Word, position and token-type embeddings, summed, normalised and dropped out.
 #[derive(Module, Debug)]
-pub struct BertEmbeddings<B: Backend> {
+pub struct BertEmbeddings<B: LoraOps> {
     /// `word_embeddings`: `[vocab, hidden]`.
     pub word_embeddings: Embedding<B>,
     /// `position_embeddings`: `[max_positions, hidden]`.
@@ -31,7 +31,7 @@ pub struct BertEmbeddings<B: Backend> {
     pub padding_idx: Option<usize>,
 }
 
-impl<B: Backend> BertEmbeddings<B> {
+impl<B: LoraOps> BertEmbeddings<B> {
     pub(crate) fn load(
         loader: &mut ModuleLoader<'_, B>,
         config: &ModelConfig,
@@ -111,7 +111,7 @@ impl<B: Backend> BertEmbeddings<B> {
 
 /// One post-LayerNorm transformer layer with BERT's module names.
 #[derive(Module, Debug)]
-pub struct BertLayer<B: Backend> {
+pub struct BertLayer<B: LoraOps> {
     /// `attention.self.query`.
     pub query: LoraLinear<B>,
     /// `attention.self.key`.
@@ -162,7 +162,7 @@ macro_rules! bert_layer_linears {
     };
 }
 
-impl<B: Backend> BertLayer<B> {
+impl<B: LoraOps> BertLayer<B> {
     fn load(loader: &mut ModuleLoader<'_, B>, config: &ModelConfig, path: &str) -> Self {
         let h = config.hidden_size;
         let inner = config.intermediate_size;
@@ -221,14 +221,14 @@ impl<B: Backend> BertLayer<B> {
 
 /// Embeddings plus the stack of layers: BERT's and RoBERTa's encoder (without pooler).
 #[derive(Module, Debug)]
-pub struct BertEncoder<B: Backend> {
+pub struct BertEncoder<B: LoraOps> {
     /// `embeddings`.
     pub embeddings: BertEmbeddings<B>,
     /// `encoder.layer.N`.
     pub layers: Vec<BertLayer<B>>,
 }
 
-impl<B: Backend> BertEncoder<B> {
+impl<B: LoraOps> BertEncoder<B> {
     /// Loads `{prefix}.embeddings.*` and `{prefix}.encoder.layer.N.*`.
     pub(crate) fn load(
         loader: &mut ModuleLoader<'_, B>,
@@ -289,7 +289,7 @@ impl<B: Backend> BertEncoder<B> {
 
 /// `BertForSequenceClassification`: encoder, pooler (dense + tanh on `[CLS]`), dropout, classifier.
 #[derive(Module, Debug)]
-pub struct BertForSequenceClassification<B: Backend> {
+pub struct BertForSequenceClassification<B: LoraOps> {
     /// `bert.embeddings` and `bert.encoder`.
     pub bert: BertEncoder<B>,
     /// `bert.pooler.dense`.
@@ -305,7 +305,7 @@ pub struct BertForSequenceClassification<B: Backend> {
 /// Base-model prefix of BERT tensor names.
 pub const BERT_PREFIX: &str = "bert";
 
-impl<B: Backend> BertForSequenceClassification<B> {
+impl<B: LoraOps> BertForSequenceClassification<B> {
     /// Builds the model from a checkpoint's tensors; the pooler and classifier are initialised
     /// fresh when the checkpoint lacks them.
     pub(crate) fn load(loader: &mut ModuleLoader<'_, B>, config: ModelConfig) -> Self {
@@ -354,7 +354,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
 }
 
 /// Loads a checkpoint as BERT (used by [`crate::SequenceClassifier::load`]).
-pub(crate) fn load<B: Backend>(
+pub(crate) fn load<B: LoraOps>(
     mut loader: ModuleLoader<'_, B>,
     config: ModelConfig,
 ) -> Result<(BertForSequenceClassification<B>, LoadReport), EncoderError> {

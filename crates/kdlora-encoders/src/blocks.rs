@@ -2,8 +2,8 @@
 
 use burn::nn::Dropout;
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use kdlora_lora::LoraOps;
 
 /// Added to the attention scores of padded keys. transformers uses the dtype's minimum; any value
 /// far below the scores gives the same softmax (exactly zero weight), and a finite one keeps fully
@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor};
 const MASKED: f32 = -1.0e9;
 
 /// Additive attention bias `[batch, 1, 1, seq]` from a `[batch, seq]` mask of 1 (attend) / 0 (pad).
-pub fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+pub fn attention_bias<B: LoraOps>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
     let [batch, seq] = attention_mask.dims();
     let keep = attention_mask.float();
     keep.neg()
@@ -22,7 +22,7 @@ pub fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B
 
 /// Scaled dot-product attention over `n_heads` heads of projected `[batch, seq, hidden]` queries,
 /// keys and values; returns the concatenated heads `[batch, seq, hidden]`.
-pub fn multi_head_attention<B: Backend>(
+pub fn multi_head_attention<B: LoraOps>(
     query: Tensor<B, 3>,
     key: Tensor<B, 3>,
     value: Tensor<B, 3>,
@@ -46,7 +46,7 @@ pub fn multi_head_attention<B: Backend>(
 }
 
 /// The hidden state of the first token (`[CLS]` / `<s>`) of every sequence: `[batch, hidden]`.
-pub fn first_token<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+pub fn first_token<B: LoraOps>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, _, width] = hidden.dims();
     hidden.narrow(1, 0, 1).reshape([batch, width])
 }

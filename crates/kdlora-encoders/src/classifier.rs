@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use kdlora_lora::LoraOps;
 use kdlora_lora::{AdaptableModel, LoraLinear};
 
 use crate::bert::{self, BERT_PREFIX, BertForSequenceClassification};
@@ -77,7 +77,7 @@ impl LoadOptions {
 // rarely moved, so its size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum SequenceClassifier<B: Backend> {
+pub enum SequenceClassifier<B: LoraOps> {
     /// `BertForSequenceClassification`.
     Bert(BertForSequenceClassification<B>),
     /// `DistilBertForSequenceClassification`.
@@ -88,7 +88,7 @@ pub enum SequenceClassifier<B: Backend> {
     DebertaV2(DebertaV2ForSequenceClassification<B>),
 }
 
-impl<B: Backend> SequenceClassifier<B> {
+impl<B: LoraOps> SequenceClassifier<B> {
     /// Loads `config.json` and `model.safetensors` (f32, f16 or bf16; with or without the base-model
     /// prefix) from a Hugging Face checkpoint folder.
     ///
@@ -344,7 +344,7 @@ impl<B: Backend> SequenceClassifier<B> {
     }
 }
 
-impl<B: Backend> AdaptableModel<B> for SequenceClassifier<B> {
+impl<B: LoraOps> AdaptableModel<B> for SequenceClassifier<B> {
     fn model_type(&self) -> &str {
         &self.config().model_type
     }

@@ -21,9 +21,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use kdlora_lora::LoraLinear;
+use kdlora_lora::LoraOps;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ impl PoolerActivation {
         }
     }
 
-    fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+    fn apply<B: LoraOps, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::Act(act) => act.apply(x),
             Self::Tanh => x.tanh(),
@@ -315,7 +315,7 @@ fn relative_indices(
 /// What every layer needs for the position terms of one batch: the (normalised) relative embeddings
 /// `[2 * span, hidden]` and the gather indices `[batch, heads, seq, seq]`.
 #[derive(Debug, Clone)]
-pub struct RelativeContext<B: Backend> {
+pub struct RelativeContext<B: LoraOps> {
     embeddings: Tensor<B, 2>,
     c2p_index: Tensor<B, 4, Int>,
     p2c_index: Tensor<B, 4, Int>,
@@ -324,7 +324,7 @@ pub struct RelativeContext<B: Backend> {
 /// DeBERTa-v2 embeddings: word (+ absolute position) (+ token type) (-> `embed_proj`) -> LayerNorm,
 /// then multiplied by the attention mask.
 #[derive(Module, Debug)]
-pub struct DebertaV2Embeddings<B: Backend> {
+pub struct DebertaV2Embeddings<B: LoraOps> {
     /// `embeddings.word_embeddings`, `[vocab, embedding_size]`.
     pub word_embeddings: Embedding<B>,
     /// `embeddings.position_embeddings`, only when `position_biased_input`.
@@ -339,7 +339,7 @@ pub struct DebertaV2Embeddings<B: Backend> {
     pub dropout: Dropout,
 }
 
-impl<B: Backend> DebertaV2Embeddings<B> {
+impl<B: LoraOps> DebertaV2Embeddings<B> {
     /// `[batch, seq]` ids, types and 0/1 mask to `[batch, seq, hidden]`.
     pub fn forward(
         &self,
@@ -367,7 +367,7 @@ impl<B: Backend> DebertaV2Embeddings<B> {
 
 /// DeBERTa's disentangled self-attention (`attention.self`).
 #[derive(Module, Debug)]
-pub struct DisentangledSelfAttention<B: Backend> {
+pub struct DisentangledSelfAttention<B: LoraOps> {
     /// `query_proj`.
     pub query_proj: LoraLinear<B>,
     /// `key_proj`.
@@ -391,7 +391,7 @@ pub struct DisentangledSelfAttention<B: Backend> {
     scale_factor: usize,
 }
 
-impl<B: Backend> DisentangledSelfAttention<B> {
+impl<B: LoraOps> DisentangledSelfAttention<B> {
     /// `[batch, seq, hidden]` to `[batch, heads, seq, head]`.
     fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, seq, _] = x.dims();
@@ -476,7 +476,7 @@ impl<B: Backend> DisentangledSelfAttention<B> {
 
 /// `dense -> dropout -> LayerNorm(x + residual)`: `attention.output` and `output`.
 #[derive(Module, Debug)]
-pub struct DebertaV2ResidualOutput<B: Backend> {
+pub struct DebertaV2ResidualOutput<B: LoraOps> {
     /// `dense`.
     pub dense: LoraLinear<B>,
     /// `LayerNorm`.
@@ -485,7 +485,7 @@ pub struct DebertaV2ResidualOutput<B: Backend> {
     pub dropout: Dropout,
 }
 
-impl<B: Backend> DebertaV2ResidualOutput<B> {
+impl<B: LoraOps> DebertaV2ResidualOutput<B> {
     /// Projects `x` and adds the residual.
     pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.dropout.forward(self.dense.forward(x));
@@ -495,7 +495,7 @@ impl<B: Backend> DebertaV2ResidualOutput<B> {
 
 /// One encoder layer (`encoder.layer.N`).
 #[derive(Module, Debug)]
-pub struct DebertaV2Layer<B: Backend> {
+pub struct DebertaV2Layer<B: LoraOps> {
     /// `attention.self`.
     pub attention: DisentangledSelfAttention<B>,
     /// `attention.output`.
@@ -507,7 +507,7 @@ pub struct DebertaV2Layer<B: Backend> {
     activation: Activation,
 }
 
-impl<B: Backend> DebertaV2Layer<B> {
+impl<B: LoraOps> DebertaV2Layer<B> {
     /// One layer over `[batch, seq, hidden]`.
     pub fn forward(
         &self,
@@ -527,7 +527,7 @@ impl<B: Backend> DebertaV2Layer<B> {
 /// `DebertaV2ForSequenceClassification`: the `deberta` encoder, the context pooler and the
 /// classifier.
 #[derive(Module, Debug)]
-pub struct DebertaV2ForSequenceClassification<B: Backend> {
+pub struct DebertaV2ForSequenceClassification<B: LoraOps> {
     /// `deberta.embeddings`.
     pub embeddings: DebertaV2Embeddings<B>,
     /// `deberta.encoder.layer`.
@@ -554,7 +554,7 @@ fn dropout(p: f64) -> Dropout {
     DropoutConfig::new(p).init()
 }
 
-impl<B: Backend> DebertaV2ForSequenceClassification<B> {
+impl<B: LoraOps> DebertaV2ForSequenceClassification<B> {
     /// Builds the model from `config` with the weights in `loader` (tensor names as transformers
     /// writes them, with or without the `deberta.` prefix). `pooler.dense` and `classifier` are
     /// created fresh when the checkpoint lacks them (a pretrained DeBERTa-v3 has neither).
@@ -857,7 +857,7 @@ impl<B: Backend> DebertaV2ForSequenceClassification<B> {
 }
 
 /// Loads a checkpoint as DeBERTa-v2 (used by [`crate::SequenceClassifier::load`]).
-pub(crate) fn load<B: Backend>(
+pub(crate) fn load<B: LoraOps>(
     mut loader: ModuleLoader<'_, B>,
     config: ModelConfig,
 ) -> Result<(DebertaV2ForSequenceClassification<B>, LoadReport), EncoderError> {

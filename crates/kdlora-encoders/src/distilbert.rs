@@ -5,9 +5,9 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm};
 use burn::tensor::activation::relu;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kdlora_lora::LoraLinear;
+use kdlora_lora::LoraOps;
 
 use crate::bert::BertEmbeddings;
 use crate::blocks::{attention_bias, first_token, multi_head_attention};
@@ -20,7 +20,7 @@ pub const DISTILBERT_PREFIX: &str = "distilbert";
 
 /// One DistilBERT transformer block.
 #[derive(Module, Debug)]
-pub struct DistilBertLayer<B: Backend> {
+pub struct DistilBertLayer<B: LoraOps> {
     /// `attention.q_lin`.
     pub q_lin: LoraLinear<B>,
     /// `attention.k_lin`.
@@ -70,7 +70,7 @@ macro_rules! distilbert_layer_linears {
     };
 }
 
-impl<B: Backend> DistilBertLayer<B> {
+impl<B: LoraOps> DistilBertLayer<B> {
     fn load(loader: &mut ModuleLoader<'_, B>, config: &ModelConfig, path: &str) -> Self {
         let h = config.hidden_size;
         let inner = config.intermediate_size;
@@ -124,14 +124,14 @@ impl<B: Backend> DistilBertLayer<B> {
 
 /// DistilBERT's encoder: embeddings plus `transformer.layer.N`.
 #[derive(Module, Debug)]
-pub struct DistilBertEncoder<B: Backend> {
+pub struct DistilBertEncoder<B: LoraOps> {
     /// `embeddings` (word + position, no token types).
     pub embeddings: BertEmbeddings<B>,
     /// `transformer.layer.N`.
     pub layers: Vec<DistilBertLayer<B>>,
 }
 
-impl<B: Backend> DistilBertEncoder<B> {
+impl<B: LoraOps> DistilBertEncoder<B> {
     fn load(loader: &mut ModuleLoader<'_, B>, config: &ModelConfig) -> Self {
         let embeddings = BertEmbeddings::load(
             loader,
@@ -169,7 +169,7 @@ impl<B: Backend> DistilBertEncoder<B> {
 
 /// `DistilBertForSequenceClassification`.
 #[derive(Module, Debug)]
-pub struct DistilBertForSequenceClassification<B: Backend> {
+pub struct DistilBertForSequenceClassification<B: LoraOps> {
     /// `distilbert.embeddings` and `distilbert.transformer`.
     pub distilbert: DistilBertEncoder<B>,
     /// `pre_classifier`: `[hidden] -> [hidden]`, followed by ReLU.
@@ -182,7 +182,7 @@ pub struct DistilBertForSequenceClassification<B: Backend> {
     pub config: ModelConfig,
 }
 
-impl<B: Backend> DistilBertForSequenceClassification<B> {
+impl<B: LoraOps> DistilBertForSequenceClassification<B> {
     pub(crate) fn load(loader: &mut ModuleLoader<'_, B>, config: ModelConfig) -> Self {
         let h = config.hidden_size;
         let distilbert = DistilBertEncoder::load(loader, &config);
@@ -250,7 +250,7 @@ impl<B: Backend> DistilBertForSequenceClassification<B> {
 }
 
 /// Loads a checkpoint as DistilBERT (used by [`crate::SequenceClassifier::load`]).
-pub(crate) fn load<B: Backend>(
+pub(crate) fn load<B: LoraOps>(
     mut loader: ModuleLoader<'_, B>,
     config: ModelConfig,
 ) -> Result<(DistilBertForSequenceClassification<B>, LoadReport), EncoderError> {

@@ -4,9 +4,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use kdlora_lora::LoraLinear;
+use kdlora_lora::LoraOps;
 
 use crate::bert::BertEncoder;
 use crate::blocks::first_token;
@@ -19,7 +19,7 @@ pub const ROBERTA_PREFIX: &str = "roberta";
 
 /// `RobertaForSequenceClassification`.
 #[derive(Module, Debug)]
-pub struct RobertaForSequenceClassification<B: Backend> {
+pub struct RobertaForSequenceClassification<B: LoraOps> {
     /// `roberta.embeddings` and `roberta.encoder` (no pooler: the classification model has none).
     pub roberta: BertEncoder<B>,
     /// `classifier.dense`.
@@ -32,7 +32,7 @@ pub struct RobertaForSequenceClassification<B: Backend> {
     pub config: ModelConfig,
 }
 
-impl<B: Backend> RobertaForSequenceClassification<B> {
+impl<B: LoraOps> RobertaForSequenceClassification<B> {
     pub(crate) fn load(loader: &mut ModuleLoader<'_, B>, config: ModelConfig) -> Self {
         let h = config.hidden_size;
         let roberta = BertEncoder::load(loader, &config, ROBERTA_PREFIX, Some(config.pad_token_id));
@@ -82,7 +82,7 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
 }
 
 /// Loads a checkpoint as RoBERTa (used by [`crate::SequenceClassifier::load`]).
-pub(crate) fn load<B: Backend>(
+pub(crate) fn load<B: LoraOps>(
     mut loader: ModuleLoader<'_, B>,
     config: ModelConfig,
 ) -> Result<(RobertaForSequenceClassification<B>, LoadReport), EncoderError> {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kdlora_lora::LoraLinear;
+use kdlora_lora::LoraOps;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
@@ -253,7 +253,7 @@ pub struct LoadReport {
 ///
 /// Module paths are Hugging Face paths of the full `*ForSequenceClassification` model; stored names
 /// with or without the base-model prefix are both found.
-pub struct ModuleLoader<'a, B: Backend> {
+pub struct ModuleLoader<'a, B: LoraOps> {
     weights: &'a mut WeightMap,
     prefix: String,
     device: B::Device,
@@ -266,7 +266,7 @@ pub struct ModuleLoader<'a, B: Backend> {
     synthesize: bool,
 }
 
-impl<'a, B: Backend> ModuleLoader<'a, B> {
+impl<'a, B: LoraOps> ModuleLoader<'a, B> {
     /// A loader over `weights` for a model whose base-model prefix is `prefix` (`bert`, ...).
     /// Fresh modules are drawn from N(0, `init_std`) with `seed`; with `fresh_head`, head modules
     /// are always initialised fresh even when the checkpoint has them.
@@ -577,7 +577,7 @@ impl TensorWriter {
     }
 
     /// Adds a tensor of any rank under Hugging Face name `key`.
-    pub fn tensor<B: Backend, const D: usize>(&mut self, key: &str, tensor: Tensor<B, D>) {
+    pub fn tensor<B: LoraOps, const D: usize>(&mut self, key: &str, tensor: Tensor<B, D>) {
         let shape = tensor.dims().to_vec();
         let data = tensor
             .into_data()
@@ -594,7 +594,7 @@ impl TensorWriter {
     }
 
     /// Adds the linear projection at module path `path` in Hugging Face layout (`[out, in]`).
-    pub fn linear<B: Backend>(&mut self, path: &str, linear: &LoraLinear<B>) {
+    pub fn linear<B: LoraOps>(&mut self, path: &str, linear: &LoraLinear<B>) {
         if linear.adapter.is_some() {
             tracing::warn!(
                 module = path,
@@ -611,12 +611,12 @@ impl TensorWriter {
     }
 
     /// Adds an embedding table.
-    pub fn embedding<B: Backend>(&mut self, path: &str, embedding: &Embedding<B>) {
+    pub fn embedding<B: LoraOps>(&mut self, path: &str, embedding: &Embedding<B>) {
         self.tensor(&format!("{path}.weight"), embedding.weight.val());
     }
 
     /// Adds a LayerNorm as `weight` and `bias`.
-    pub fn layer_norm<B: Backend>(&mut self, path: &str, norm: &LayerNorm<B>) {
+    pub fn layer_norm<B: LoraOps>(&mut self, path: &str, norm: &LayerNorm<B>) {
         self.tensor(&format!("{path}.weight"), norm.gamma.val());
         if let Some(beta) = &norm.beta {
             self.tensor(&format!("{path}.bias"), beta.val());

@@ -57,7 +57,8 @@ pub mod reference;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::tensor::{Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorPrimitive, ops::FloatTensor};
 
 /// Errors of the checked entry point [`try_lora_delta_add`].
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -199,6 +200,18 @@ pub trait LoraOps: Backend {
         )
         .map(|t| t.into_primitive().tensor())
     }
+}
+
+/// An autodiff backend whose inner backend has the adapter ops as well: what training code is generic
+/// over (the model trains on `B` and evaluates on `B::InnerBackend` after `valid()`). Implemented for
+/// every such backend; never implement it by hand.
+pub trait AutodiffLoraOps: AutodiffBackend<InnerBackend: LoraOps> + LoraOps {}
+
+impl<B> AutodiffLoraOps for B
+where
+    B: AutodiffBackend + LoraOps,
+    B::InnerBackend: LoraOps,
+{
 }
 
 fn float<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {

@@ -3,6 +3,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use kdlora_kernels::LoraOps;
 
 use crate::config::{LoraConfig, module_covers};
 use crate::model::AdaptableModel;
@@ -35,7 +36,7 @@ impl ParamCounts {
 /// `head` covers the linears named by `cfg.modules_to_save` (default: the model's head paths).
 pub fn count_params<B, M>(model: &M, cfg: &LoraConfig) -> ParamCounts
 where
-    B: Backend,
+    B: LoraOps,
     M: Module<B> + AdaptableModel<B>,
 {
     let save = cfg

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use kdlora_kernels::LoraOps;
 
 use crate::config::{LoraConfig, TargetMatcher, module_covers};
 use crate::error::{LoraError, sample};
@@ -26,7 +26,7 @@ pub struct LoraPlan {
 }
 
 /// All linear module paths of `model`, in visiting order.
-pub fn linear_paths<B: Backend, M: AdaptableModel<B>>(model: &M) -> Vec<String> {
+pub fn linear_paths<B: LoraOps, M: AdaptableModel<B>>(model: &M) -> Vec<String> {
     let mut paths = Vec::new();
     model.visit_linears(&mut |path, _| paths.push(path.to_string()));
     paths
@@ -36,7 +36,7 @@ pub fn linear_paths<B: Backend, M: AdaptableModel<B>>(model: &M) -> Vec<String> 
 ///
 /// Head modules are never adapted, even when a target name matches them (PEFT does the same: a
 /// module in `modules_to_save` is trained in full instead).
-pub fn plan<B: Backend, M: AdaptableModel<B>>(
+pub fn plan<B: LoraOps, M: AdaptableModel<B>>(
     model: &M,
     cfg: &LoraConfig,
 ) -> Result<LoraPlan, LoraError> {
@@ -94,7 +94,7 @@ pub fn plan<B: Backend, M: AdaptableModel<B>>(
 /// the model with `Module::train`, which carries the setting over).
 pub fn inject<B, M>(model: M, cfg: &LoraConfig, device: &B::Device) -> Result<M, LoraError>
 where
-    B: Backend,
+    B: LoraOps,
     M: Module<B> + AdaptableModel<B>,
 {
     let plan = plan(&model, cfg)?;
@@ -141,14 +141,14 @@ where
 }
 
 /// Folds every unmerged adapter into its base weight; returns how many were merged.
-pub fn merge<B: Backend, M: AdaptableModel<B>>(model: &mut M) -> usize {
+pub fn merge<B: LoraOps, M: AdaptableModel<B>>(model: &mut M) -> usize {
     let mut n = 0;
     model.visit_linears_mut(&mut |_, linear| n += usize::from(linear.merge()));
     n
 }
 
 /// Takes every merged adapter out of its base weight again; returns how many were unmerged.
-pub fn unmerge<B: Backend, M: AdaptableModel<B>>(model: &mut M) -> usize {
+pub fn unmerge<B: LoraOps, M: AdaptableModel<B>>(model: &mut M) -> usize {
     let mut n = 0;
     model.visit_linears_mut(&mut |_, linear| n += usize::from(linear.unmerge()));
     n
@@ -156,7 +156,7 @@ pub fn unmerge<B: Backend, M: AdaptableModel<B>>(model: &mut M) -> usize {
 
 /// Merges every adapter and removes it, leaving a plain model (what `kdlora merge` saves);
 /// returns how many adapters were folded in.
-pub fn merge_and_unload<B: Backend, M: AdaptableModel<B>>(model: &mut M) -> usize {
+pub fn merge_and_unload<B: LoraOps, M: AdaptableModel<B>>(model: &mut M) -> usize {
     let mut n = 0;
     model.visit_linears_mut(&mut |_, linear| n += usize::from(linear.merge_and_unload()));
     n

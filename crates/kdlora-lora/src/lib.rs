@@ -8,17 +8,18 @@
 //! ```
 //! use burn::backend::NdArray;
 //! use burn::module::Module;
-//! use burn::tensor::{Tensor, backend::Backend};
-//! use kdlora_lora::{AdaptableModel, LoraConfig, LoraLinear, LoraLinearConfig, TargetModules};
+//! use burn::tensor::Tensor;
+//! use kdlora_lora::{AdaptableModel, LoraConfig, LoraLinear, LoraLinearConfig, LoraOps, TargetModules};
 //!
-//! // A two-projection toy model with Hugging Face-style paths.
+//! // A two-projection toy model with Hugging Face-style paths. Models are generic over `LoraOps`
+//! // (a Burn backend with the adapter ops; every Burn backend kdlora runs on has them).
 //! #[derive(Module, Debug)]
-//! struct Toy<B: Backend> {
+//! struct Toy<B: LoraOps> {
 //!     query: LoraLinear<B>,
 //!     classifier: LoraLinear<B>,
 //! }
 //!
-//! impl<B: Backend> AdaptableModel<B> for Toy<B> {
+//! impl<B: LoraOps> AdaptableModel<B> for Toy<B> {
 //!     fn model_type(&self) -> &str { "toy" }
 //!     fn visit_linears(&self, f: &mut dyn FnMut(&str, &LoraLinear<B>)) {
 //!         f("encoder.query", &self.query);
@@ -70,6 +71,10 @@ pub use config::{LoraConfig, LoraInit, TargetMatcher, TargetModules, module_cove
 pub use count::{ParamCounts, count_params, count_trainable, lora_param_count};
 pub use error::LoraError;
 pub use inject::{LoraPlan, inject, linear_paths, merge, merge_and_unload, plan, unmerge};
+/// The backend extension every model generic is bound by: the adapter forward/backward (fused CubeCL
+/// kernels on wgpu/CUDA, plain tensor ops on NdArray). Re-exported so model crates need not name
+/// `kdlora-kernels`.
+pub use kdlora_kernels::{AutodiffLoraOps, LoraOps};
 pub use linear::{LoraAdapter, LoraLinear, LoraLinearConfig};
 pub use model::AdaptableModel;
 pub use peft::{PeftAdapterConfig, load_adapter, save_adapter};

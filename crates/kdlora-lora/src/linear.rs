@@ -3,7 +3,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use kdlora_kernels::LoraOps;
 
 /// Shape of a [`LoraLinear`] before weights are known; builds one with a plain (adapter-free) base.
 #[derive(burn::config::Config, Debug)]
@@ -19,7 +19,7 @@ pub struct LoraLinearConfig {
 
 impl LoraLinearConfig {
     /// Builds a linear layer without adapter (behaves exactly like `nn::Linear`).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> LoraLinear<B> {
+    pub fn init<B: LoraOps>(&self, device: &B::Device) -> LoraLinear<B> {
         LoraLinear {
             base: LinearConfig::new(self.d_input, self.d_output)
                 .with_bias(self.bias)
@@ -31,7 +31,7 @@ impl LoraLinearConfig {
 
 /// The trainable low-rank part of a [`LoraLinear`]: `scaling * dropout(x) A^T B^T`.
 #[derive(Module, Debug)]
-pub struct LoraAdapter<B: Backend> {
+pub struct LoraAdapter<B: LoraOps> {
     /// Down projection `A`, stored as `[r, d_input]` (PEFT's `lora_A.weight` layout).
     pub lora_a: Param<Tensor<B, 2>>,
     /// Up projection `B`, stored as `[d_output, r]` (PEFT's `lora_B.weight` layout).
@@ -45,7 +45,7 @@ pub struct LoraAdapter<B: Backend> {
     pub merged: bool,
 }
 
-impl<B: Backend> LoraAdapter<B> {
+impl<B: LoraOps> LoraAdapter<B> {
     /// A trainable adapter from `A: [r, d_input]` and `B: [d_output, r]` (PEFT layouts).
     ///
     /// Both become parameters that require gradients (on an autodiff backend, and across
@@ -99,14 +99,14 @@ impl<B: Backend> LoraAdapter<B> {
 /// exactly what `nn::Linear` computes. Burn stores `base.weight` as `[d_input, d_output]` (the transpose
 /// of the Hugging Face `[out, in]` layout).
 #[derive(Module, Debug)]
-pub struct LoraLinear<B: Backend> {
+pub struct LoraLinear<B: LoraOps> {
     /// The pretrained projection.
     pub base: Linear<B>,
     /// The low-rank adapter, when attached.
     pub adapter: Option<LoraAdapter<B>>,
 }
 
-impl<B: Backend> LoraLinear<B> {
+impl<B: LoraOps> LoraLinear<B> {
     /// Wraps an existing linear layer without adapter.
     pub fn from_linear(base: Linear<B>) -> Self {
         Self {
@@ -127,12 +127,23 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `x W^T + b (+ scaling * dropout(x) A^T B^T)` for input `[..., d_input]`.
     ///
-    /// A merged adapter is skipped: its update already lives in the base weight.
+    /// The adapter part goes through [`kdlora_kernels::lora_delta_add`]: fused CubeCL kernels on
+    /// wgpu/CUDA (forward and backward), plain tensor ops on NdArray or when the fused path is off
+    /// (`KDLORA_FUSED_ADAPTER=0`). A merged adapter is skipped: its update already lives in the base
+    /// weight.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.adapter {
             Some(adapter) if !adapter.merged => {
-                let delta = adapter.delta(x.clone());
-                self.base.forward(x) + delta
+                let base = self.base.forward(x.clone());
+                // Dropout acts on the adapter input only; the base saw the undropped `x`.
+                let x = adapter.dropout.forward(x);
+                kdlora_kernels::lora_delta_add(
+                    x,
+                    base,
+                    adapter.lora_a.val(),
+                    adapter.lora_b.val(),
+                    adapter.scaling as f32,
+                )
             }
             _ => self.base.forward(x),
         }
@@ -206,7 +217,7 @@ impl<B: Backend> LoraLinear<B> {
 
 /// Replaces `linear.weight` by `f(weight)`, computed without graph, keeping the parameter id and
 /// whether it requires gradients.
-fn update_weight<B: Backend>(linear: &mut Linear<B>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) {
+fn update_weight<B: LoraOps>(linear: &mut Linear<B>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) {
     let trainable = linear.weight.is_require_grad();
     let id = linear.weight.id;
     let value = f(linear.weight.val().detach());
@@ -214,7 +225,7 @@ fn update_weight<B: Backend>(linear: &mut Linear<B>, f: impl FnOnce(Tensor<B, 2>
 }
 
 /// A new trainable parameter holding `value`.
-pub(crate) fn trainable_param<B: Backend, const D: usize>(
+pub(crate) fn trainable_param<B: LoraOps, const D: usize>(
     value: Tensor<B, D>,
 ) -> Param<Tensor<B, D>> {
     with_trainable(Param::initialized(ParamId::new(), value.detach()), true)
@@ -227,7 +238,7 @@ pub(crate) fn trainable_param<B: Backend, const D: usize>(
 /// `AutodiffModule::from_inner` reads when the model moves onto the autodiff backend). So the
 /// value is re-wrapped as a lazy parameter whose initialiser hands back the existing tensor: the
 /// setting then survives `valid()`/`train()` on both kinds of backend.
-pub(crate) fn with_trainable<B: Backend, const D: usize>(
+pub(crate) fn with_trainable<B: LoraOps, const D: usize>(
     param: Param<Tensor<B, D>>,
     trainable: bool,
 ) -> Param<Tensor<B, D>> {

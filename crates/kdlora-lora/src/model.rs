@@ -1,7 +1,7 @@
 //! The contract between a model and the LoRA machinery: every projection reachable by its
 //! Hugging Face module path.
 
-use burn::tensor::backend::Backend;
+use kdlora_kernels::LoraOps;
 
 use crate::LoraLinear;
 
@@ -11,7 +11,7 @@ use crate::LoraLinear;
 /// `bert.encoder.layer.0.attention.self.query`, `distilbert.transformer.layer.0.attention.q_lin`,
 /// `classifier`, `classifier.out_proj`. PEFT adapter keys are built from them, so they must match
 /// transformers exactly.
-pub trait AdaptableModel<B: Backend> {
+pub trait AdaptableModel<B: LoraOps> {
     /// Hugging Face `model_type` of the architecture (`bert`, `distilbert`, `roberta`, `deberta-v2`).
     fn model_type(&self) -> &str;
 

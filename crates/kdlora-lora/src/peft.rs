@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use kdlora_kernels::LoraOps;
 use serde::Deserialize;
 
 use crate::config::{LoraConfig, LoraInit, TargetModules, module_covers};
@@ -232,11 +232,11 @@ fn adapter_config_json(
 }
 
 /// Burn `[in, out]` weight as PEFT/transformers `[out, in]` values.
-fn linear_weight_hf<B: Backend>(linear: &LoraLinear<B>) -> Vec<f32> {
+fn linear_weight_hf<B: LoraOps>(linear: &LoraLinear<B>) -> Vec<f32> {
     to_vec(linear.base.weight.val().transpose())
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn to_vec<B: LoraOps, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
@@ -255,7 +255,7 @@ pub fn save_adapter<B, M>(
     base_model_name_or_path: &str,
 ) -> Result<(), LoraError>
 where
-    B: Backend,
+    B: LoraOps,
     M: Module<B> + AdaptableModel<B>,
 {
     let targets = cfg.targets_for(model.model_type())?;
@@ -326,7 +326,7 @@ pub fn load_adapter<B, M>(
     device: &B::Device,
 ) -> Result<(M, LoraConfig), LoraError>
 where
-    B: Backend,
+    B: LoraOps,
     M: Module<B> + AdaptableModel<B>,
 {
     let peft = PeftAdapterConfig::read(dir)?;
@@ -411,7 +411,7 @@ where
     Ok((model, cfg))
 }
 
-fn host_to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
+fn host_to_tensor<B: LoraOps, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(t.values, t.shape), device)
 }
 

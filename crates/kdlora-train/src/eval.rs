@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
 use kdlora_glue::{GlueBatcher, GlueTask, GlueTokenizer, Label, Prediction, Split, TaskMetrics};
+use kdlora_lora::LoraOps;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -30,7 +30,7 @@ pub(crate) const TOKENIZER_FILES: &[&str] = &[
 
 /// A model ready for inference, with its tokenizer and (for run folders) its configuration.
 #[derive(Debug)]
-pub struct LoadedModel<B: Backend> {
+pub struct LoadedModel<B: LoraOps> {
     /// The classifier (adapters attached when the run used LoRA).
     pub model: SequenceClassifier<B>,
     /// The tokenizer (`max_len` from the run configuration, else the tokenizer's default).
@@ -66,7 +66,7 @@ pub fn tokenizer_dir(path: &Path) -> PathBuf {
 /// Loads a run folder (FFT: `model/`; LoRA: base model + `adapter/`), a plain Hugging Face
 /// model folder or a Hub id ([`resolve_model`](crate::resolve_model)). `num_labels` is used for
 /// plain folders without a matching head (fresh head).
-pub fn load_model<B: Backend>(
+pub fn load_model<B: LoraOps>(
     path: &Path,
     num_labels: Option<usize>,
     device: &B::Device,
@@ -129,7 +129,7 @@ pub fn load_model<B: Backend>(
 }
 
 /// Logits of every example of `data`, in order (`[len][num_labels]`).
-pub fn logits<B: Backend>(
+pub fn logits<B: LoraOps>(
     model: &SequenceClassifier<B>,
     data: &SplitData,
     batcher: &GlueBatcher,
@@ -176,7 +176,7 @@ pub fn predictions(task: GlueTask, logits: &[Vec<f32>]) -> Vec<Label> {
 }
 
 /// Evaluates a model on a labelled split with the task's metrics.
-pub fn evaluate_model<B: Backend>(
+pub fn evaluate_model<B: LoraOps>(
     model: &SequenceClassifier<B>,
     data: &SplitData,
     batcher: &GlueBatcher,
@@ -208,7 +208,7 @@ pub struct InferenceTiming {
 
 /// Times `passes` full passes of `model` over `data` (batch `batch_size`), after one untimed
 /// warm-up batch; each pass includes batching, the forward pass and reading logits back.
-pub fn time_inference<B: Backend>(
+pub fn time_inference<B: LoraOps>(
     model: &SequenceClassifier<B>,
     data: &SplitData,
     batcher: &GlueBatcher,
@@ -255,7 +255,7 @@ pub fn time_inference<B: Backend>(
 }
 
 /// `kdlora eval`: evaluates a run on its task's dev split (or `data_dir` when given).
-pub fn eval_run<B: Backend>(
+pub fn eval_run<B: LoraOps>(
     run_dir: &Path,
     data_dir: Option<&Path>,
     device: &B::Device,
@@ -280,7 +280,7 @@ pub fn eval_run<B: Backend>(
 
 /// `kdlora predict`: writes a GLUE submission file of a run's predictions on `split`.
 /// Returns the number of predictions written.
-pub fn predict_run<B: Backend>(
+pub fn predict_run<B: LoraOps>(
     run_dir: &Path,
     task: GlueTask,
     data_dir: &Path,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use burn::tensor::{ElementConversion, Tensor};
 use kdlora_distill::{TeacherLogits, TeacherLogitsMeta};
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
@@ -171,7 +171,7 @@ fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Ve
 }
 
 /// Computes (or reuses) the teacher's logits over the training split, in position order.
-fn teacher_logits<B: Backend>(
+fn teacher_logits<B: LoraOps>(
     cfg: &RunConfig,
     run: &RunDir,
     train_examples: &SplitData,
@@ -235,7 +235,7 @@ fn teacher_logits<B: Backend>(
     Ok(store)
 }
 
-struct Loop<'a, B: AutodiffBackend> {
+struct Loop<'a, B: AutodiffLoraOps> {
     cfg: &'a RunConfig,
     device: &'a B::Device,
     train: &'a SplitData,
@@ -244,7 +244,7 @@ struct Loop<'a, B: AutodiffBackend> {
     teacher: Option<TeacherLogits>,
 }
 
-impl<B: AutodiffBackend> Loop<'_, B> {
+impl<B: AutodiffLoraOps> Loop<'_, B> {
     /// Loss of one micro-batch (unscaled).
     fn loss(&self, model: &SequenceClassifier<B>, positions: &[usize]) -> Result<Tensor<B, 1>> {
         let batch = self
@@ -275,7 +275,7 @@ impl<B: AutodiffBackend> Loop<'_, B> {
     }
 }
 
-fn save_checkpoint<B: AutodiffBackend>(
+fn save_checkpoint<B: AutodiffLoraOps>(
     run: &RunDir,
     model: &SequenceClassifier<B>,
     optim: &GroupedAdamW<SequenceClassifier<B>, B>,
@@ -314,7 +314,7 @@ fn save_checkpoint<B: AutodiffBackend>(
 
 type Optim<B> = GroupedAdamW<SequenceClassifier<B>, B>;
 
-fn load_checkpoint_model<B: AutodiffBackend>(
+fn load_checkpoint_model<B: AutodiffLoraOps>(
     dir: &Path,
     model: SequenceClassifier<B>,
     device: &B::Device,
@@ -331,7 +331,7 @@ fn load_checkpoint_model<B: AutodiffBackend>(
 
 /// Builds the student as the recipe wants it: LoRA adapters attached (base frozen) or all
 /// parameters trainable.
-fn build_student<B: AutodiffBackend>(
+fn build_student<B: AutodiffLoraOps>(
     cfg: &RunConfig,
     num_labels: usize,
     device: &B::Device,
@@ -353,7 +353,7 @@ fn build_student<B: AutodiffBackend>(
 /// With `resume`, continues from the newest checkpoint in the run folder (the saved
 /// `config.toml` must match `cfg` except `stop_after_epochs`, `device` and
 /// `inference_passes`); the result equals an uninterrupted run with the same seed on CPU.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffLoraOps>(
     cfg: &RunConfig,
     resume: bool,
     device: &B::Device,

@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use kdlora_distill::{KdConfig, TeacherLogits, TeacherLogitsMeta};
 use kdlora_encoders::{LoadOptions, ModelConfig, SequenceClassifier};
 use kdlora_lora::LoraConfig;
+use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use kdlora_train::{GroupedAdamW, linear_schedule, param_counts, param_groups, peak_rss_bytes};
 use serde::Serialize;
 
@@ -241,7 +241,7 @@ impl Batch {
         }
     }
 
-    fn inputs<B: Backend>(
+    fn inputs<B: LoraOps>(
         &self,
         device: &B::Device,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
@@ -251,7 +251,7 @@ impl Batch {
         (int(self.ids.clone()), int(vec![1; n]), int(vec![0; n]))
     }
 
-    fn labels<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+    fn labels<B: LoraOps>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
         Tensor::from_data(
             TensorData::new(self.labels.clone(), [self.labels.len()]),
             device,
@@ -259,7 +259,7 @@ impl Batch {
     }
 }
 
-fn load<B: Backend>(args: &Args, device: &B::Device) -> anyhow::Result<SequenceClassifier<B>> {
+fn load<B: LoraOps>(args: &Args, device: &B::Device) -> anyhow::Result<SequenceClassifier<B>> {
     let options = LoadOptions::default()
         .with_num_labels(args.num_labels as usize)
         .with_seed(args.seed)
@@ -424,7 +424,7 @@ struct Train {
 impl AutodiffTask for Train {
     type Output = BenchResult;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<BenchResult> {
+    fn run<B: AutodiffLoraOps>(self, device: B::Device) -> anyhow::Result<BenchResult> {
         let args = self.args;
         B::seed(&device, args.seed);
         let load_start = Instant::now();
@@ -510,7 +510,7 @@ struct Infer {
 impl BackendTask for Infer {
     type Output = BenchResult;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<BenchResult> {
+    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<BenchResult> {
         let args = self.args;
         B::seed(&device, args.seed);
         let load_start = Instant::now();

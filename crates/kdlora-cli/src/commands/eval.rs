@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use kdlora_glue::TaskMetrics;
+use kdlora_lora::LoraOps;
 
 use crate::device::{BackendTask, DeviceArg};
 
@@ -36,7 +36,7 @@ struct Eval {
 impl BackendTask for Eval {
     type Output = TaskMetrics;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<TaskMetrics> {
+    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<TaskMetrics> {
         Ok(kdlora_train::eval_run::<B>(
             &self.args.run,
             self.args.data.as_deref(),

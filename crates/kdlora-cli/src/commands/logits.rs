@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
+use kdlora_lora::LoraOps;
 
 use crate::device::{BackendTask, DeviceArg};
 
@@ -76,7 +76,7 @@ struct Logits {
 impl BackendTask for Logits {
     type Output = ();
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self.args;
         let model = load_model::<B>(&args, &device)?;
         let inputs = match (&args.input, &args.text) {
@@ -103,7 +103,7 @@ impl BackendTask for Logits {
 }
 
 /// Loads the classifier the logits come from.
-fn load_model<B: Backend>(
+fn load_model<B: LoraOps>(
     args: &Args,
     device: &B::Device,
 ) -> anyhow::Result<SequenceClassifier<B>> {
@@ -126,7 +126,7 @@ fn load_model<B: Backend>(
 }
 
 /// Pads a batch with the model's pad token (masked out) and returns each row's logits.
-fn forward_batch<B: Backend>(
+fn forward_batch<B: LoraOps>(
     model: &SequenceClassifier<B>,
     batch: &[Prepared],
     device: &B::Device,

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
 use kdlora_glue::{GlueTask, Split};
+use kdlora_lora::LoraOps;
 
 use crate::device::{BackendTask, DeviceArg};
 
@@ -56,7 +56,7 @@ struct Predict {
 impl BackendTask for Predict {
     type Output = usize;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<usize> {
+    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<usize> {
         Ok(kdlora_train::predict_run::<B>(
             &self.args.run,
             self.task,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
+use kdlora_lora::AutodiffLoraOps;
 use kdlora_train::{BarObserver, ConfigSources, RunConfig, RunMetrics};
 
 use crate::device::{AutodiffTask, DeviceArg};
@@ -115,7 +115,7 @@ struct Train {
 impl AutodiffTask for Train {
     type Output = RunMetrics;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<RunMetrics> {
+    fn run<B: AutodiffLoraOps>(self, device: B::Device) -> anyhow::Result<RunMetrics> {
         let mut observer = BarObserver::new();
         Ok(kdlora_train::train::<B>(
             &self.cfg,

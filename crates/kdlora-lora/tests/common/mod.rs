@@ -5,14 +5,13 @@
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, ElementConversion, Tensor, TensorData};
-use kdlora_lora::{AdaptableModel, LoraLinear, LoraLinearConfig};
+use kdlora_lora::{AdaptableModel, LoraLinear, LoraLinearConfig, LoraOps};
 use std::collections::BTreeMap;
 
 /// One layer with BERT's projection names.
 #[derive(Module, Debug)]
-pub struct ToyLayer<B: Backend> {
+pub struct ToyLayer<B: LoraOps> {
     pub query: LoraLinear<B>,
     pub key: LoraLinear<B>,
     pub value: LoraLinear<B>,
@@ -25,7 +24,7 @@ pub struct ToyLayer<B: Backend> {
 /// Layers + classifier; `prefix` is the base-model prefix (`bert` by default), `model_type` its
 /// Hugging Face type.
 #[derive(Module, Debug)]
-pub struct Toy<B: Backend> {
+pub struct Toy<B: LoraOps> {
     pub layers: Vec<ToyLayer<B>>,
     pub classifier: LoraLinear<B>,
     pub prefix: String,
@@ -36,7 +35,7 @@ pub const D: usize = 12;
 pub const FF: usize = 20;
 pub const LABELS: usize = 3;
 
-impl<B: Backend> Toy<B> {
+impl<B: LoraOps> Toy<B> {
     pub fn new(layers: usize, device: &B::Device) -> Self {
         Self::with_names(layers, "bert", "bert", device)
     }
@@ -94,7 +93,7 @@ impl<B: Backend> Toy<B> {
     }
 }
 
-impl<B: Backend> AdaptableModel<B> for Toy<B> {
+impl<B: LoraOps> AdaptableModel<B> for Toy<B> {
     fn model_type(&self) -> &str {
         &self.model_type
     }
@@ -126,7 +125,7 @@ impl<B: Backend> AdaptableModel<B> for Toy<B> {
 
 /// Gives every adapter a random non-zero `B` (fresh adapters have `B = 0`, which would make merge
 /// and gradient checks trivially pass).
-pub fn randomize_lora_b<B: Backend, M: AdaptableModel<B>>(model: &mut M, device: &B::Device) {
+pub fn randomize_lora_b<B: LoraOps, M: AdaptableModel<B>>(model: &mut M, device: &B::Device) {
     model.visit_linears_mut(&mut |_, linear| {
         if let Some(adapter) = linear.adapter.as_mut() {
             let shape = adapter.lora_b.dims();
@@ -137,9 +136,9 @@ pub fn randomize_lora_b<B: Backend, M: AdaptableModel<B>>(model: &mut M, device:
 }
 
 /// Every float parameter's values by id.
-pub fn snapshot<B: Backend, M: Module<B>>(model: &M) -> BTreeMap<ParamId, Vec<f32>> {
+pub fn snapshot<B: LoraOps, M: Module<B>>(model: &M) -> BTreeMap<ParamId, Vec<f32>> {
     struct Snap(BTreeMap<ParamId, Vec<f32>>);
-    impl<B: Backend> ModuleVisitor<B> for Snap {
+    impl<B: LoraOps> ModuleVisitor<B> for Snap {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let v = param
                 .val()
@@ -156,13 +155,13 @@ pub fn snapshot<B: Backend, M: Module<B>>(model: &M) -> BTreeMap<ParamId, Vec<f3
 }
 
 /// A deterministic input batch.
-pub fn input<B: Backend>(batch: usize, device: &B::Device) -> Tensor<B, 2> {
+pub fn input<B: LoraOps>(batch: usize, device: &B::Device) -> Tensor<B, 2> {
     let values: Vec<f32> = (0..batch * D)
         .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
         .collect();
     Tensor::from_data(TensorData::new(values, [batch, D]), device)
 }
 
-pub fn max_abs_diff<B: Backend, const N: usize>(a: Tensor<B, N>, b: Tensor<B, N>) -> f32 {
+pub fn max_abs_diff<B: LoraOps, const N: usize>(a: Tensor<B, N>, b: Tensor<B, N>) -> f32 {
     (a - b).abs().max().into_scalar().elem::<f32>()
 }
