@@ -39,7 +39,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // burn-train (engine = "learner") logs every iteration at info level.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,burn_train=warn")),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs redirected to files stay plain text.

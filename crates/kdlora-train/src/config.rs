@@ -62,6 +62,61 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// Training engine: the hand-written loop (default) or burn-train's `Learner`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// The hand-written loop (`runner.rs`): mid-epoch checkpoints (`checkpoint_steps`), atomic
+    /// checkpoint writes, bit-exact resume at any step.
+    #[default]
+    Loop,
+    /// burn-train 0.21's `Learner` (`SupervisedTraining`): the same recipes, optimizer, schedule,
+    /// clipping, accumulation and outputs; checkpoints only at epoch boundaries.
+    Learner,
+}
+
+impl Engine {
+    /// Whether this is the default hand-written loop.
+    pub fn is_loop(&self) -> bool {
+        *self == Engine::Loop
+    }
+
+    /// The name used in configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Loop => "loop",
+            Engine::Learner => "learner",
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "loop" => Ok(Engine::Loop),
+            "learner" => Ok(Engine::Learner),
+            other => Err(TrainError::invalid(
+                "engine",
+                format!("unknown engine `{other}` (expected \"loop\" or \"learner\")"),
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // The config crate appends "for key `engine`" to this message.
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown engine `{s}` (expected \"loop\" or \"learner\")"
+            ))
+        })
+    }
+}
+
 /// Everything that defines a run. Saved as `config.toml` in the run folder; `kdlora eval` and
 /// `kdlora predict` rebuild the model from it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +185,11 @@ pub struct RunConfig {
     /// run; the schedule still follows `epochs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_epochs: Option<usize>,
+    /// Training engine: `loop` (default) or `learner` (burn-train's `Learner`; no
+    /// `checkpoint_steps`). Not written to `config.toml` when `loop`, so loop runs' saved
+    /// configurations are unchanged.
+    #[serde(default, skip_serializing_if = "Engine::is_loop")]
+    pub engine: Engine,
     /// LoRA settings (used by `lora` and `kd-lora`).
     #[serde(default)]
     pub lora: kdlora_lora::LoraConfig,
@@ -197,6 +257,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "checkpoint_steps",
     "inference_passes",
     "stop_after_epochs",
+    "engine",
     "lora",
     "kd",
 ];
@@ -364,6 +425,17 @@ impl RunConfig {
             return Err(TrainError::invalid(
                 "max_eval_examples",
                 "must be at least 1",
+            ));
+        }
+        if self.engine == Engine::Learner && self.checkpoint_steps > 0 {
+            return Err(TrainError::invalid(
+                "checkpoint_steps",
+                format!(
+                    "{} is not supported with engine = \"learner\": burn-train's Learner \
+                     checkpoints only at epoch boundaries (set checkpoint_steps = 0, or use \
+                     engine = \"loop\" for mid-epoch checkpoints)",
+                    self.checkpoint_steps
+                ),
             ));
         }
         if self.method.uses_teacher() && self.teacher.is_none() {

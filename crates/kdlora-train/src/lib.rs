@@ -12,6 +12,7 @@
 //! RUN/adapter/                      lora / kd-lora: PEFT adapter folder (base model recorded)
 //! RUN/teacher_logits.safetensors    kd / kd-lora: the teacher-logit store
 //! RUN/checkpoints/step-NNNNNNNN/    newest checkpoint (model, AdamW state, position)
+//! RUN/learner/checkpoint/           engine = "learner": burn-train's epoch checkpoints
 //! ```
 //!
 //! The loop is hand-written over `kdlora-glue` batches: AdamW (0.9, 0.999, eps 1e-8) with weight
@@ -19,6 +20,9 @@
 //! global gradient-norm clipping, gradient accumulation, and seeding that makes a resumed run
 //! equal to an uninterrupted one on CPU. The teacher runs on the inner (non-autodiff) backend
 //! once, and its logits are looked up per batch by example position.
+//!
+//! `engine = "learner"` runs the same recipes on burn-train's `Learner` instead of the loop (same
+//! outputs; checkpoints only at epoch boundaries); see the crate README, "Engines".
 //!
 //! Configuration layers a TOML file, `KDLORA_*` environment variables and `key=value`
 //! overrides:
@@ -46,13 +50,14 @@ mod data;
 mod error;
 mod eval;
 mod hub;
+mod learner;
 mod memory;
 mod optim;
 mod progress;
 mod run_dir;
 mod runner;
 
-pub use config::{ConfigSources, Method, RunConfig};
+pub use config::{ConfigSources, Engine, Method, RunConfig};
 pub use data::SplitData;
 pub use error::{Result, TrainError};
 pub use eval::{

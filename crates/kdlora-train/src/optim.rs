@@ -195,6 +195,8 @@ pub fn linear_schedule(base_lr: f64, step: usize, total: usize, warmup: usize) -
 
 type Adaptor<M, B> = OptimizerAdaptor<AdamW, M, B>;
 type AdaptorRecord<M, B> = <Adaptor<M, B> as Optimizer<M, B>>::Record;
+/// Both groups' AdamW states (decay, no-decay), as one Burn record.
+pub(crate) type GroupedRecord<M, B> = (AdaptorRecord<M, B>, AdaptorRecord<M, B>);
 
 /// AdamW over two parameter groups (with and without weight decay).
 pub struct GroupedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
@@ -203,6 +205,18 @@ pub struct GroupedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
     decay_ids: HashSet<ParamId>,
     no_decay_ids: HashSet<ParamId>,
     grad_clip: f64,
+}
+
+impl<M: AutodiffModule<B>, B: AutodiffBackend> Clone for GroupedAdamW<M, B> {
+    fn clone(&self) -> Self {
+        Self {
+            decay: self.decay.clone(),
+            no_decay: self.no_decay.clone(),
+            decay_ids: self.decay_ids.clone(),
+            no_decay_ids: self.no_decay_ids.clone(),
+            grad_clip: self.grad_clip,
+        }
+    }
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
@@ -238,6 +252,29 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
         let model = self.decay.step(lr, model, grads);
         let model = self.no_decay.step(lr, model, no_decay);
         (model, norm)
+    }
+
+    /// Replaces the parameter ids of the two groups (after the model's record, and with it its
+    /// parameter ids, was loaded from a checkpoint).
+    pub(crate) fn set_groups(&mut self, groups: &ParamGroups) {
+        if self.decay_ids != groups.decay {
+            self.decay_ids = groups.decay.clone();
+        }
+        if self.no_decay_ids != groups.no_decay {
+            self.no_decay_ids = groups.no_decay.clone();
+        }
+    }
+
+    /// Both groups' states as one record (burn-train's checkpointer).
+    pub(crate) fn to_grouped_record(&self) -> GroupedRecord<M, B> {
+        (self.decay.to_record(), self.no_decay.to_record())
+    }
+
+    /// Restores the states of [`GroupedAdamW::to_grouped_record`].
+    pub(crate) fn load_grouped_record(mut self, (decay, no_decay): GroupedRecord<M, B>) -> Self {
+        self.decay = self.decay.load_record(decay);
+        self.no_decay = self.no_decay.load_record(no_decay);
+        self
     }
 
     /// Writes the optimizer state (moments and step counts of both groups) under `dir`.

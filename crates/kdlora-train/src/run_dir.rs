@@ -60,6 +60,12 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
+    /// `learner/`: burn-train's folder of `engine = "learner"` runs (`checkpoint/` with the
+    /// epoch-boundary checkpoints `{model,optim,scheduler}-EPOCH.bin`).
+    pub fn learner_dir(&self) -> PathBuf {
+        self.root.join("learner")
+    }
+
     /// The newest complete checkpoint (by global step), if any.
     pub fn latest_checkpoint(&self) -> Result<Option<(PathBuf, CheckpointState)>> {
         let dir = self.checkpoints();

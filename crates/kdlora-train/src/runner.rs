@@ -6,17 +6,17 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{BinFileRecorder, FullPrecisionSettings};
-use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use burn::tensor::{ElementConversion, Tensor};
 use kdlora_distill::{TeacherLogits, TeacherLogitsMeta};
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
-use kdlora_glue::{GlueBatcher, GlueLabels, GlueTokenizer, Split};
+use kdlora_glue::{GlueBatcher, GlueLabels, GlueTask, GlueTokenizer, Split};
+use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Method, RunConfig};
+use crate::config::{Engine, Method, RunConfig};
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
 use crate::eval::{
@@ -140,6 +140,12 @@ pub fn model_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Whether `dir` is a folder with at least one entry (burn-train creates its checkpoint folder
+/// before the first checkpoint is written).
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -153,7 +159,7 @@ fn comparable(cfg: &RunConfig) -> RunConfig {
     c
 }
 
-fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
+pub(crate) fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
     // SplitMix64 finaliser over (seed, stream, n): distinct, well-spread seeds per epoch/step.
     let mut z = seed
         .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -164,7 +170,12 @@ fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
 }
 
 /// Micro-batches (positions) of an epoch in the seeded shuffled order.
-fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub(crate) fn epoch_batches(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed, 1, epoch as u64)));
     order.chunks(batch_size).map(<[usize]>::to_vec).collect()
@@ -235,44 +246,89 @@ fn teacher_logits<B: LoraOps>(
     Ok(store)
 }
 
-struct Loop<'a, B: AutodiffLoraOps> {
-    cfg: &'a RunConfig,
-    device: &'a B::Device,
-    train: &'a SplitData,
-    dev: &'a SplitData,
-    batcher: GlueBatcher,
-    teacher: Option<TeacherLogits>,
+/// What one optimizer step's micro-batches produced: the summed gradients of the scaled losses
+/// and the unscaled loss values.
+pub(crate) struct GroupOutcome {
+    /// Gradients of `sum(loss_i / n)` over the group's `n` micro-batches.
+    pub(crate) grads: GradientsParams,
+    /// The micro-batch losses (unscaled), in order (callers add them one by one, so sums round
+    /// the same way in both engines).
+    pub(crate) losses: Vec<f64>,
+    /// Examples in the group.
+    pub(crate) examples: usize,
 }
 
-impl<B: AutodiffLoraOps> Loop<'_, B> {
-    /// Loss of one micro-batch (unscaled).
-    fn loss(&self, model: &SequenceClassifier<B>, positions: &[usize]) -> Result<Tensor<B, 1>> {
-        let batch = self
-            .train
-            .batch::<B>(&self.batcher, positions, self.device)?;
-        let logits = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids);
-        let teacher = match &self.teacher {
-            Some(t) => Some(t.lookup::<B>(positions, self.device)?),
-            None => None,
-        };
-        let labels = batch.labels.ok_or_else(|| TrainError::BadFile {
-            path: self.cfg.data.clone(),
-            message: "training batch without labels".into(),
-        })?;
-        Ok(match (labels, teacher) {
-            (GlueLabels::Class(l), None) => kdlora_distill::hard_loss(logits, l),
-            (GlueLabels::Score(s), None) => {
-                let n = s.dims()[0];
-                (logits.reshape([n]) - s).square().mean()
-            }
-            (GlueLabels::Class(l), Some(t)) => {
-                kdlora_distill::try_kd_loss(logits, t, l, &self.cfg.kd)?.total
-            }
-            (GlueLabels::Score(s), Some(t)) => {
-                kdlora_distill::try_regression_kd_loss(logits, t, s, &self.cfg.kd)?.total
-            }
-        })
+/// Forward and backward over one optimizer step's micro-batches (gradient accumulation), shared
+/// by both engines so they run the same operations in the same order. A non-finite micro-batch
+/// loss is [`TrainError::NonFiniteLoss`] at `step` (1-based) of `epoch` (1-based).
+pub(crate) fn group_gradients<B: AutodiffLoraOps>(
+    ctx: &RunContext,
+    teacher: Option<&TeacherLogits>,
+    model: &SequenceClassifier<B>,
+    group: &[Vec<usize>],
+    device: &B::Device,
+    step: usize,
+    epoch: usize,
+) -> Result<GroupOutcome> {
+    let mut accumulator = GradientsAccumulator::<SequenceClassifier<B>>::new();
+    let mut out = GroupOutcome {
+        grads: GradientsParams::new(),
+        losses: Vec::with_capacity(group.len()),
+        examples: 0,
+    };
+    for positions in group {
+        let loss = micro_batch_loss(ctx, teacher, model, positions, device)?;
+        let value: f64 = loss.clone().into_scalar().elem::<f64>();
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                epoch,
+                value: value as f32,
+            });
+        }
+        let scaled = loss.div_scalar(group.len() as f64);
+        let grads = GradientsParams::from_grads(scaled.backward(), model);
+        accumulator.accumulate(model, grads);
+        out.losses.push(value);
+        out.examples += positions.len();
     }
+    out.grads = accumulator.grads();
+    Ok(out)
+}
+
+/// Loss of one micro-batch (unscaled): cross-entropy (MSE for regression), or the KD loss
+/// against the teacher's logits looked up by example position.
+fn micro_batch_loss<B: AutodiffLoraOps>(
+    ctx: &RunContext,
+    teacher: Option<&TeacherLogits>,
+    model: &SequenceClassifier<B>,
+    positions: &[usize],
+    device: &B::Device,
+) -> Result<Tensor<B, 1>> {
+    let cfg = &ctx.cfg;
+    let batch = ctx.train_data.batch::<B>(&ctx.batcher, positions, device)?;
+    let logits = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids);
+    let teacher = match teacher {
+        Some(t) => Some(t.lookup::<B>(positions, device)?),
+        None => None,
+    };
+    let labels = batch.labels.ok_or_else(|| TrainError::BadFile {
+        path: cfg.data.clone(),
+        message: "training batch without labels".into(),
+    })?;
+    Ok(match (labels, teacher) {
+        (GlueLabels::Class(l), None) => kdlora_distill::hard_loss(logits, l),
+        (GlueLabels::Score(s), None) => {
+            let n = s.dims()[0];
+            (logits.reshape([n]) - s).square().mean()
+        }
+        (GlueLabels::Class(l), Some(t)) => {
+            kdlora_distill::try_kd_loss(logits, t, l, &cfg.kd)?.total
+        }
+        (GlueLabels::Score(s), Some(t)) => {
+            kdlora_distill::try_regression_kd_loss(logits, t, s, &cfg.kd)?.total
+        }
+    })
 }
 
 fn save_checkpoint<B: AutodiffLoraOps>(
@@ -348,17 +404,65 @@ fn build_student<B: AutodiffLoraOps>(
     }
 }
 
-/// Trains a run described by `cfg` on autodiff backend `B`, writing the run folder `cfg.out`.
-///
-/// With `resume`, continues from the newest checkpoint in the run folder (the saved
-/// `config.toml` must match `cfg` except `stop_after_epochs`, `device` and
-/// `inference_passes`); the result equals an uninterrupted run with the same seed on CPU.
-pub fn train<B: AutodiffLoraOps>(
+/// What both engines share before the first step: the resolved configuration, the run folder,
+/// the tokenized data and the batcher.
+pub(crate) struct RunContext {
+    /// The configuration with paths expanded and the model resolved to a local folder.
+    pub(crate) cfg: RunConfig,
+    /// The Hub repository the model folder is a snapshot of.
+    pub(crate) model_hub: Option<crate::hub::HubSource>,
+    pub(crate) task: GlueTask,
+    pub(crate) run: RunDir,
+    pub(crate) batcher: GlueBatcher,
+    pub(crate) train_data: SplitData,
+    pub(crate) dev_data: SplitData,
+    pub(crate) lora_params: Option<LoraParams>,
+}
+
+impl RunContext {
+    /// Optimizer steps per epoch (a trailing partial accumulation group is a step of its own).
+    pub(crate) fn steps_per_epoch(&self) -> usize {
+        self.train_data
+            .len()
+            .div_ceil(self.cfg.batch_size)
+            .div_ceil(self.cfg.grad_accumulation)
+    }
+
+    /// Optimizer steps of the whole run (the schedule follows `epochs`, not `stop_after_epochs`).
+    pub(crate) fn total_steps(&self) -> usize {
+        self.steps_per_epoch() * self.cfg.epochs
+    }
+
+    /// Warmup steps of the linear schedule.
+    pub(crate) fn warmup_steps(&self) -> usize {
+        (self.cfg.warmup_ratio * self.total_steps() as f64).ceil() as usize
+    }
+
+    /// The last epoch this invocation trains (1-based, inclusive).
+    pub(crate) fn stop_epoch(&self) -> usize {
+        self.cfg
+            .stop_after_epochs
+            .unwrap_or(self.cfg.epochs)
+            .min(self.cfg.epochs)
+    }
+}
+
+/// Accumulated training measurements at the end of an invocation.
+pub(crate) struct Totals {
+    pub(crate) epochs_completed: usize,
+    pub(crate) train_examples: usize,
+    pub(crate) train_seconds: f64,
+}
+
+/// Checks and resolves the configuration, prepares the run folder (writing `config.toml`), seeds
+/// the backend, loads and tokenizes the data, computes (or reuses) the teacher logits and builds
+/// the student. Shared by both engines, in this order, so they start from the same state.
+fn prepare<B: AutodiffLoraOps>(
     cfg: &RunConfig,
     resume: bool,
     device: &B::Device,
     observer: &mut dyn TrainObserver,
-) -> Result<RunMetrics> {
+) -> Result<(RunContext, Option<TeacherLogits>, SequenceClassifier<B>)> {
     let mut cfg = cfg.clone();
     cfg.expand_paths()?;
     cfg.validate()?;
@@ -382,11 +486,6 @@ pub fn train<B: AutodiffLoraOps>(
     let task = cfg.glue_task()?;
     let run = RunDir::new(&cfg.out);
 
-    let checkpoint = if resume {
-        run.latest_checkpoint()?
-    } else {
-        None
-    };
     if resume {
         if run.config().is_file() {
             let saved = RunConfig::from_toml_file(&run.config())?;
@@ -399,10 +498,10 @@ pub fn train<B: AutodiffLoraOps>(
                 )));
             }
         }
-        if checkpoint.is_none() {
-            tracing::warn!(run = %run.root().display(), "no checkpoint to resume from; starting from scratch");
-        }
-    } else if run.checkpoints().exists() || run.metrics_json().exists() {
+    } else if run.checkpoints().exists()
+        || has_entries(&run.learner_dir().join("checkpoint"))
+        || run.metrics_json().exists()
+    {
         return Err(TrainError::invalid(
             "out",
             format!(
@@ -440,6 +539,7 @@ pub fn train<B: AutodiffLoraOps>(
         train = train_data.len(),
         dev = dev_data.len(),
         method = cfg.method.as_str(),
+        engine = cfg.engine.as_str(),
         "data loaded"
     );
 
@@ -455,7 +555,7 @@ pub fn train<B: AutodiffLoraOps>(
         None
     };
 
-    let mut model = build_student::<B>(&cfg, task.num_labels(), device)?;
+    let model = build_student::<B>(&cfg, task.num_labels(), device)?;
     let lora_params = cfg.method.uses_lora().then(|| {
         let c = kdlora_lora::count_params(&model, &cfg.lora);
         LoraParams {
@@ -463,6 +563,62 @@ pub fn train<B: AutodiffLoraOps>(
             head: c.head,
         }
     });
+    let ctx = RunContext {
+        batcher: GlueBatcher::from_tokenizer(&tokenizer),
+        cfg,
+        model_hub,
+        task,
+        run,
+        train_data,
+        dev_data,
+        lora_params,
+    };
+    Ok((ctx, teacher, model))
+}
+
+/// Trains a run described by `cfg` on autodiff backend `B`, writing the run folder `cfg.out`.
+///
+/// `cfg.engine` picks the hand-written loop (default) or burn-train's `Learner`
+/// ([`Engine`](crate::Engine)); both write the same run folder.
+///
+/// With `resume`, continues from the newest checkpoint in the run folder (the saved
+/// `config.toml` must match `cfg` except `stop_after_epochs`, `device` and
+/// `inference_passes`); the result equals an uninterrupted run with the same seed on CPU.
+pub fn train<B: AutodiffLoraOps>(
+    cfg: &RunConfig,
+    resume: bool,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunMetrics> {
+    let (ctx, teacher, model) = prepare::<B>(cfg, resume, device, observer)?;
+    let engine = ctx.cfg.engine;
+    match engine {
+        Engine::Loop => train_loop(&ctx, teacher, model, resume, device, observer),
+        Engine::Learner => {
+            crate::learner::train_learner(ctx, teacher, model, resume, device, observer)
+        }
+    }
+}
+
+/// The hand-written loop: mid-epoch checkpoints and bit-exact resume at any step.
+fn train_loop<B: AutodiffLoraOps>(
+    ctx: &RunContext,
+    teacher: Option<TeacherLogits>,
+    mut model: SequenceClassifier<B>,
+    resume: bool,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunMetrics> {
+    let cfg = &ctx.cfg;
+    let run = &ctx.run;
+    let checkpoint = if resume {
+        run.latest_checkpoint()?
+    } else {
+        None
+    };
+    if resume && checkpoint.is_none() {
+        tracing::warn!(run = %run.root().display(), "no checkpoint to resume from; starting from scratch");
+    }
 
     let mut state = CheckpointState {
         epochs_completed: 0,
@@ -487,74 +643,46 @@ pub fn train<B: AutodiffLoraOps>(
     // Groups are keyed by parameter id, and loading a checkpoint restores the saved ids: group
     // only after that, so the optimizer state found in the checkpoint matches.
     let groups = param_groups::<B, _>(&model);
-    let counts = groups.counts.unwrap_or(ParamCounts {
-        trainable: 0,
-        total: 0,
-    });
-    tracing::info!(
-        trainable = counts.trainable,
-        total = counts.total,
-        decay_tensors = groups.decay.len(),
-        no_decay_tensors = groups.no_decay.len(),
-        "parameters"
-    );
+    let counts = log_param_groups(&groups);
     let mut optim = Optim::<B>::new(&groups, cfg.weight_decay, cfg.grad_clip);
     if let Some((dir, _)) = &checkpoint {
         optim = optim.load(dir, device)?;
     }
 
-    let batches_per_epoch = train_data.len().div_ceil(cfg.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accumulation);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as usize;
+    let total_steps = ctx.total_steps();
+    let warmup = ctx.warmup_steps();
     // A run resumed after it finished only needs its final outputs rewritten.
-    let stop_epoch = cfg.stop_after_epochs.unwrap_or(cfg.epochs).min(cfg.epochs);
-
-    let lp = Loop::<B> {
-        cfg: &cfg,
-        device,
-        train: &train_data,
-        dev: &dev_data,
-        batcher: GlueBatcher::from_tokenizer(&tokenizer),
-        teacher,
-    };
+    let stop_epoch = ctx.stop_epoch();
 
     observer.on_start(total_steps, state.global_step);
     let mut lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
     for epoch in state.epochs_completed..stop_epoch {
-        let batches = epoch_batches(train_data.len(), cfg.batch_size, cfg.seed, epoch);
+        let batches = epoch_batches(ctx.train_data.len(), cfg.batch_size, cfg.seed, epoch);
         let skip = state.batches_in_epoch;
         let groups_of_epoch: Vec<&[Vec<usize>]> =
             batches[skip..].chunks(cfg.grad_accumulation).collect();
-        let epoch_start = Instant::now();
         for group in groups_of_epoch {
             let step_start = Instant::now();
             // Reseeding per step makes dropout masks a function of (seed, step) only, so a
             // resumed run draws exactly what an uninterrupted one would.
             B::seed(device, mix_seed(cfg.seed, 2, state.global_step as u64));
             lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
-            let mut accumulator = GradientsAccumulator::<SequenceClassifier<B>>::new();
+            let out = group_gradients(
+                ctx,
+                teacher.as_ref(),
+                &model,
+                group,
+                device,
+                state.global_step + 1,
+                epoch + 1,
+            )?;
             let mut step_loss = 0.0;
-            let mut step_examples = 0;
-            for positions in group {
-                let loss = lp.loss(&model, positions)?;
-                let value: f64 = loss.clone().into_scalar().elem::<f64>();
-                if !value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        step: state.global_step + 1,
-                        epoch: epoch + 1,
-                        value: value as f32,
-                    });
-                }
-                let scaled = loss.div_scalar(group.len() as f64);
-                let grads = GradientsParams::from_grads(scaled.backward(), &model);
-                accumulator.accumulate(&model, grads);
+            for value in &out.losses {
                 step_loss += value;
-                step_examples += positions.len();
                 state.epoch_loss_sum += value;
                 state.epoch_batches += 1;
             }
-            let (updated, norm) = optim.step(lr, model, accumulator.grads());
+            let (updated, norm) = optim.step(lr, model, out.grads);
             model = updated;
             if let Some(n) = norm
                 && !n.is_finite()
@@ -567,7 +695,7 @@ pub fn train<B: AutodiffLoraOps>(
             }
             state.global_step += 1;
             state.batches_in_epoch += group.len();
-            state.train_examples += step_examples;
+            state.train_examples += out.examples;
             let secs = step_start.elapsed().as_secs_f64();
             state.train_seconds += secs;
             state.epoch_seconds += secs;
@@ -588,30 +716,20 @@ pub fn train<B: AutodiffLoraOps>(
                 && state.global_step.is_multiple_of(cfg.checkpoint_steps)
                 && !at_epoch_end
             {
-                save_checkpoint(&run, &model, &optim, &state)?;
+                save_checkpoint(run, &model, &optim, &state)?;
             }
         }
-        let _ = epoch_start;
 
-        let eval_start = Instant::now();
-        let valid = model.valid();
-        let metrics = evaluate_model(&valid, lp.dev, &lp.batcher, cfg.eval_batch_size, device)?;
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            step: state.global_step,
-            train_loss: state.epoch_loss_sum / state.epoch_batches.max(1) as f64,
+        let record = evaluate_epoch(
+            ctx,
+            &model.valid(),
+            epoch + 1,
+            state.global_step,
+            state.epoch_loss_sum / state.epoch_batches.max(1) as f64,
             lr,
-            score: metrics.score,
-            dev: serde_json::to_value(&metrics).unwrap_or_default(),
-            train_seconds: state.epoch_seconds,
-            eval_seconds: eval_start.elapsed().as_secs_f64(),
-        };
-        tracing::info!(
-            epoch = record.epoch,
-            train_loss = record.train_loss,
-            score = record.score,
-            "epoch evaluated"
-        );
+            state.epoch_seconds,
+            device,
+        )?;
         observer.on_epoch_end(record.epoch, record.score);
         records.push(record);
         state.epochs_completed = epoch + 1;
@@ -620,13 +738,96 @@ pub fn train<B: AutodiffLoraOps>(
         state.epoch_batches = 0;
         state.epoch_seconds = 0.0;
         write_jsonl(&run.metrics_jsonl(), &records)?;
-        save_checkpoint(&run, &model, &optim, &state)?;
+        save_checkpoint(run, &model, &optim, &state)?;
     }
     observer.on_finish();
 
-    if state.epochs_completed < cfg.epochs {
+    finish(
+        ctx,
+        model.valid(),
+        &records,
+        counts,
+        Totals {
+            epochs_completed: state.epochs_completed,
+            train_examples: state.train_examples,
+            train_seconds: state.train_seconds,
+        },
+        device,
+        observer,
+    )
+}
+
+/// Logs the parameter groups and returns the counts.
+pub(crate) fn log_param_groups(groups: &crate::optim::ParamGroups) -> ParamCounts {
+    let counts = groups.counts.unwrap_or(ParamCounts {
+        trainable: 0,
+        total: 0,
+    });
+    tracing::info!(
+        trainable = counts.trainable,
+        total = counts.total,
+        decay_tensors = groups.decay.len(),
+        no_decay_tensors = groups.no_decay.len(),
+        "parameters"
+    );
+    counts
+}
+
+/// Dev evaluation at the end of an epoch, as one `metrics.jsonl` record (`epoch` 1-based).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn evaluate_epoch<B: LoraOps>(
+    ctx: &RunContext,
+    valid: &SequenceClassifier<B>,
+    epoch: usize,
+    step: usize,
+    train_loss: f64,
+    lr: f64,
+    train_seconds: f64,
+    device: &B::Device,
+) -> Result<EpochRecord> {
+    let eval_start = Instant::now();
+    let metrics = evaluate_model(
+        valid,
+        &ctx.dev_data,
+        &ctx.batcher,
+        ctx.cfg.eval_batch_size,
+        device,
+    )?;
+    let record = EpochRecord {
+        epoch,
+        step,
+        train_loss,
+        lr,
+        score: metrics.score,
+        dev: serde_json::to_value(&metrics).unwrap_or_default(),
+        train_seconds,
+        eval_seconds: eval_start.elapsed().as_secs_f64(),
+    };
+    tracing::info!(
+        epoch = record.epoch,
+        train_loss = record.train_loss,
+        score = record.score,
+        "epoch evaluated"
+    );
+    Ok(record)
+}
+
+/// The final outputs of a run, for both engines: `adapter/` or `model/`, the inference timing and
+/// `metrics.json` (written only when all `epochs` are done).
+pub(crate) fn finish<B: LoraOps>(
+    ctx: &RunContext,
+    mut valid: SequenceClassifier<B>,
+    records: &[EpochRecord],
+    counts: ParamCounts,
+    totals: Totals,
+    device: &B::Device,
+    observer: &mut dyn TrainObserver,
+) -> Result<RunMetrics> {
+    let cfg = &ctx.cfg;
+    let run = &ctx.run;
+    if totals.epochs_completed < cfg.epochs {
         tracing::info!(
-            epochs = state.epochs_completed,
+            epochs = totals.epochs_completed,
             "stopped early as configured; resume with --resume"
         );
     }
@@ -643,13 +844,13 @@ pub fn train<B: AutodiffLoraOps>(
     };
 
     // Final artifacts.
-    let mut valid = model.valid();
     if cfg.method.uses_lora() {
         let target = run.adapter();
         let staged = RunDir::temp_for(&target);
         remove_dir_if_exists(&staged)?;
         // PEFT convention: the Hub id when the base came from the Hub, else the folder.
-        let base = model_hub
+        let base = ctx
+            .model_hub
             .as_ref()
             .map_or_else(|| cfg.model.to_string_lossy().to_string(), |h| h.id.clone());
         kdlora_lora::save_adapter(&valid, &cfg.lora, &staged, &base)?;
@@ -673,8 +874,8 @@ pub fn train<B: AutodiffLoraOps>(
         kdlora_lora::merge(&mut valid);
         Some(time_inference(
             &valid,
-            &dev_data,
-            &lp.batcher,
+            &ctx.dev_data,
+            &ctx.batcher,
             INFERENCE_BATCH_SIZE,
             cfg.inference_passes,
             device,
@@ -686,24 +887,24 @@ pub fn train<B: AutodiffLoraOps>(
     let peak = peak_rss_bytes();
     let metrics = RunMetrics {
         method: cfg.method,
-        task: task.name().to_string(),
+        task: ctx.task.name().to_string(),
         model: cfg.model.display().to_string(),
-        model_hub,
+        model_hub: ctx.model_hub.clone(),
         teacher: cfg.teacher.as_ref().map(|t| t.display().to_string()),
         device: cfg.device.clone(),
-        train_examples: train_data.len(),
-        dev_examples: dev_data.len(),
-        epochs: state.epochs_completed,
+        train_examples: ctx.train_data.len(),
+        dev_examples: ctx.dev_data.len(),
+        epochs: totals.epochs_completed,
         last,
         best,
         params: counts,
         trainable_percent: 100.0 * counts.trainable as f64 / counts.total.max(1) as f64,
-        lora_params,
+        lora_params: ctx.lora_params,
         train: Throughput {
-            examples: state.train_examples,
-            seconds: state.train_seconds,
-            examples_per_second: if state.train_seconds > 0.0 {
-                state.train_examples as f64 / state.train_seconds
+            examples: totals.train_examples,
+            seconds: totals.train_seconds,
+            examples_per_second: if totals.train_seconds > 0.0 {
+                totals.train_examples as f64 / totals.train_seconds
             } else {
                 0.0
             },
@@ -719,7 +920,7 @@ pub fn train<B: AutodiffLoraOps>(
         },
         inference,
     };
-    if state.epochs_completed == cfg.epochs {
+    if totals.epochs_completed == cfg.epochs {
         write_json(&run.metrics_json(), &metrics)?;
     }
     Ok(metrics)
