@@ -210,6 +210,14 @@ fn kd_lora_on_wgpu_matches_the_cpu_backend() {
         gpu.last.train_loss
     );
     assert_eq!(cpu.last.score, gpu.last.score, "dev score differs");
+    // Device memory is recorded for the GPU backend only.
+    assert_eq!(cpu.memory.device_reserved_bytes, None);
+    let reserved = gpu
+        .memory
+        .device_reserved_bytes
+        .expect("wgpu run records device memory");
+    // At least the student's f32 weights (17.4M parameters) live on the device.
+    assert!(reserved > 17_000_000 * 4, "device memory {reserved} bytes");
 
     // The trained adapters (LoRA A/B and the saved head) agree weight by weight.
     let a = tensors(&cpu_run.join("adapter/adapter_model.safetensors"));

@@ -74,6 +74,10 @@ impl<B: LoraOps> Backward<B, 4> for LoraForwardBackward {
 }
 
 impl<B: LoraOps, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        B::device_memory_reserved(device)
+    }
+
     fn lora_forward(
         x: FloatTensor<Self>,
         base_out: FloatTensor<Self>,

@@ -233,6 +233,13 @@ where
         down(x, a, 1.0)
     }
 
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        R::client(device)
+            .memory_usage()
+            .ok()
+            .map(|usage| usage.bytes_reserved)
+    }
+
     fn lora_up_add(
         h: FloatTensor<Self>,
         b: FloatTensor<Self>,

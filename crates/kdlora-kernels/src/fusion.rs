@@ -117,6 +117,12 @@ fn single<T>(mut v: Vec<T>) -> T {
 }
 
 impl<B: FusionBackend + LoraOps> LoraOps for Fusion<B> {
+    fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
+        // Queued (not yet fused and launched) operations have not allocated yet: run them first.
+        <Self as burn::tensor::backend::Backend>::sync(device).ok()?;
+        B::device_memory_reserved(device)
+    }
+
     fn lora_down(x: FloatTensor<Self>, a: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = Shape::new([x.shape[0], a.shape[0]]);
         let dtype = x.dtype;

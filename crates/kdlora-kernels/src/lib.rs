@@ -166,6 +166,16 @@ pub trait LoraOps: Backend {
         .tensor()
     }
 
+    /// Bytes of device memory this backend's allocator holds on `device` (CubeCL's reserved memory
+    /// pools, which grow to the run's peak working set and are not returned while the process
+    /// lives), after the queued work has run; `None` for host backends (NdArray).
+    ///
+    /// Not an adapter op: it lives here because this trait is the one backend extension the models
+    /// and the training code are already generic over.
+    fn device_memory_reserved(_device: &Self::Device) -> Option<u64> {
+        None
+    }
+
     /// The adapter forward `base_out + scaling * (x A^T) B^T`, `[tokens, out]`.
     fn lora_forward(
         x: FloatTensor<Self>,

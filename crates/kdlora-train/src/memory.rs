@@ -4,6 +4,12 @@
 pub const PEAK_RSS_METHOD: &str = "VmHWM from /proc/self/status: peak resident set size of the whole process \
 since it started (model, optimizer state, data, teacher, evaluation), read at the end of the run";
 
+/// How the device-memory figure of GPU runs is measured, for `metrics.json`.
+pub const DEVICE_MEMORY_METHOD: &str = "bytes reserved by the CubeCL allocator's memory pools on the \
+training device after training and the last evaluation (pools grow to the largest working set and are \
+kept, so this is the peak reservation; the process's host memory is in peak_rss_bytes); compare with \
+PyTorch's torch.cuda.max_memory_reserved, not max_memory_allocated";
+
 /// Peak resident set size of this process in bytes (`VmHWM`), or `None` where `/proc` is absent.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

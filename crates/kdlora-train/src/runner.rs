@@ -22,7 +22,7 @@ use crate::error::{Result, TrainError};
 use crate::eval::{
     InferenceTiming, TOKENIZER_FILE, TOKENIZER_FILES, evaluate_model, load_model, time_inference,
 };
-use crate::memory::{PEAK_RSS_METHOD, peak_rss_bytes};
+use crate::memory::{DEVICE_MEMORY_METHOD, PEAK_RSS_METHOD, peak_rss_bytes};
 use crate::optim::{GroupedAdamW, ParamCounts, linear_schedule, param_groups};
 use crate::progress::{StepInfo, TrainObserver};
 use crate::run_dir::{
@@ -76,6 +76,15 @@ pub struct Memory {
     pub peak_rss_mib: Option<f64>,
     /// How it was measured.
     pub method: String,
+    /// GPU backends: device memory held by the backend's allocator at the end of the run, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_reserved_bytes: Option<u64>,
+    /// The same in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_reserved_mib: Option<f64>,
+    /// How the device figure was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_method: Option<String>,
 }
 
 /// Parameter counts of a LoRA run, from `kdlora_lora::count_params`.
@@ -843,6 +852,9 @@ pub(crate) fn finish<B: LoraOps>(
         ));
     };
 
+    // Before the inference timing, which would otherwise count towards it.
+    let device_reserved = B::device_memory_reserved(device);
+
     // Final artifacts.
     if cfg.method.uses_lora() {
         let target = run.adapter();
@@ -917,6 +929,9 @@ pub(crate) fn finish<B: LoraOps>(
             peak_rss_bytes: peak,
             peak_rss_mib: peak.map(|b| b as f64 / (1024.0 * 1024.0)),
             method: PEAK_RSS_METHOD.into(),
+            device_reserved_bytes: device_reserved,
+            device_reserved_mib: device_reserved.map(|b| b as f64 / (1024.0 * 1024.0)),
+            device_method: device_reserved.map(|_| DEVICE_MEMORY_METHOD.to_string()),
         },
         inference,
     };
