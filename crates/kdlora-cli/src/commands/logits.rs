@@ -81,7 +81,12 @@ impl BackendTask for Logits {
         let model = load_model::<B>(&args, &device)?;
         let inputs = match (&args.input, &args.text) {
             (Some(path), _) => read_jsonl(path)?,
-            (None, Some(text)) => vec![tokenize(&args.model, text, args.text_pair.as_deref())?],
+            (None, Some(text)) => vec![tokenize(
+                &args.model,
+                text,
+                args.text_pair.as_deref(),
+                run_max_len(&args.model)?,
+            )?],
             (None, None) => bail!("give --input FILE or --text TEXT"),
         };
         for input in &inputs {
@@ -191,8 +196,26 @@ fn prepare(sequence: Sequence, origin: String) -> Prepared {
     }
 }
 
-/// Tokenises a text (pair) with `model_dir/tokenizer.json`, special tokens included.
-fn tokenize(model_dir: &Path, text: &str, pair: Option<&str>) -> anyhow::Result<Prepared> {
+/// The `max_len` a run folder was trained with (what its own evaluation truncates to); `None` for a
+/// plain model folder, whose tokenizer.json settings apply unchanged.
+fn run_max_len(path: &Path) -> anyhow::Result<Option<usize>> {
+    if !kdlora_train::is_run_dir(path) {
+        return Ok(None);
+    }
+    let config = kdlora_train::RunDir::new(path).config();
+    let cfg = kdlora_train::RunConfig::from_toml_file(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    Ok(Some(cfg.max_len))
+}
+
+/// Tokenises a text (pair) with `model_dir/tokenizer.json`, special tokens included, truncated
+/// longest-first to `max_len` when given (as the run's own evaluation does).
+fn tokenize(
+    model_dir: &Path,
+    text: &str,
+    pair: Option<&str>,
+    max_len: Option<usize>,
+) -> anyhow::Result<Prepared> {
     let path = kdlora_train::tokenizer_dir(model_dir).join("tokenizer.json");
     if !path.is_file() {
         bail!(
@@ -200,8 +223,18 @@ fn tokenize(model_dir: &Path, text: &str, pair: Option<&str>) -> anyhow::Result<
             path.display()
         );
     }
-    let tokenizer = tokenizers::Tokenizer::from_file(&path)
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
         .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    if let Some(max_len) = max_len {
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                direction: tokenizers::TruncationDirection::Right,
+                max_length: max_len,
+                strategy: tokenizers::TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|err| anyhow::anyhow!("{}: truncation: {err}", path.display()))?;
+    }
     let encoding = match pair {
         Some(pair) => tokenizer.encode((text, pair), true),
         None => tokenizer.encode(text, true),
