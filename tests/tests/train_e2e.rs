@@ -4,57 +4,17 @@
 //! The tests share the process-wide CPU RNG (Burn's ndarray seed is global), so they run one at
 //! a time under a lock.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
 use kdlora_glue::{GlueDataset, GlueTask, Label, Split};
-use kdlora_train::{ConfigSources, EpochRecord, NoProgress, RunConfig, RunMetrics, TrainError};
+use kdlora_train::{EpochRecord, NoProgress, RunMetrics, TrainError};
+
+mod common;
+use common::{config, lock, q, shared, tiny};
 
 type B = Autodiff<NdArray<f32>>;
 type Inner = NdArray<f32>;
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDLORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir
-        .join("models/all-MiniLM-L6-v2/model.safetensors")
-        .is_file()
-        && dir.join("glue/SST-2/train.tsv").is_file()
-    {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: shared models/data not found at {} (set KDLORA_SHARED)",
-            dir.display()
-        );
-        None
-    }
-}
-
-fn config(pairs: &[(&str, String)]) -> RunConfig {
-    let overrides = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    RunConfig::load(&ConfigSources {
-        file: None,
-        env: Vec::new(),
-        overrides,
-    })
-    .unwrap()
-}
-
-fn q(p: &Path) -> String {
-    format!("{:?}", p.to_string_lossy())
-}
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn no_temp_files(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -198,27 +158,6 @@ fn fft_teacher_then_kd_lora_student_on_sst2() {
         scored.score,
         student.last.score
     );
-}
-
-fn tiny(method: &str, shared: &Path, out: &Path, extra: &[(&str, String)]) -> RunConfig {
-    let mut pairs = vec![
-        ("method", format!("{method:?}")),
-        ("task", "\"sst2\"".to_string()),
-        ("model", q(&shared.join("models/paraphrase-MiniLM-L3-v2"))),
-        ("data", q(&shared.join("glue"))),
-        ("out", q(out)),
-        ("max_train_examples", "48".to_string()),
-        ("max_eval_examples", "32".to_string()),
-        ("max_len", "32".to_string()),
-        ("batch_size", "8".to_string()),
-        ("grad_accumulation", "2".to_string()),
-        ("epochs", "2".to_string()),
-        ("lr", "5e-4".to_string()),
-        ("warmup_ratio", "0.2".to_string()),
-        ("inference_passes", "0".to_string()),
-    ];
-    pairs.extend(extra.iter().cloned());
-    config(&pairs)
 }
 
 /// Stopping after one epoch and resuming gives exactly the numbers of an uninterrupted run.

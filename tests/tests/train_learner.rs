@@ -4,79 +4,16 @@
 //! The tests share the process-wide CPU RNG (Burn's ndarray seed is global), so they run one at
 //! a time under a lock.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use kdlora_train::{
-    ConfigSources, Engine, EpochRecord, NoProgress, RunConfig, RunMetrics, TrainError,
-};
+use kdlora_train::{Engine, EpochRecord, NoProgress, RunConfig, RunMetrics, TrainError};
+
+mod common;
+use common::{load, lock, q, shared, tiny};
 
 type B = Autodiff<NdArray<f32>>;
 type Inner = NdArray<f32>;
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDLORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir
-        .join("models/paraphrase-MiniLM-L3-v2/model.safetensors")
-        .is_file()
-        && dir.join("glue/SST-2/train.tsv").is_file()
-    {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: shared models/data not found at {} (set KDLORA_SHARED)",
-            dir.display()
-        );
-        None
-    }
-}
-
-fn load(pairs: &[(&str, String)]) -> kdlora_train::Result<RunConfig> {
-    let overrides = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    RunConfig::load(&ConfigSources {
-        file: None,
-        env: Vec::new(),
-        overrides,
-    })
-}
-
-fn q(p: &Path) -> String {
-    format!("{:?}", p.to_string_lossy())
-}
-
-/// The tiny run of `train_e2e.rs` (48 training rows, batch 8, accumulation 2, 2 epochs, warmup).
-fn tiny(method: &str, shared: &Path, out: &Path, extra: &[(&str, String)]) -> RunConfig {
-    let mut pairs = vec![
-        ("method", format!("{method:?}")),
-        ("task", "\"sst2\"".to_string()),
-        ("model", q(&shared.join("models/paraphrase-MiniLM-L3-v2"))),
-        ("data", q(&shared.join("glue"))),
-        ("out", q(out)),
-        ("max_train_examples", "48".to_string()),
-        ("max_eval_examples", "32".to_string()),
-        ("max_len", "32".to_string()),
-        ("batch_size", "8".to_string()),
-        ("grad_accumulation", "2".to_string()),
-        ("epochs", "2".to_string()),
-        ("lr", "5e-4".to_string()),
-        ("warmup_ratio", "0.2".to_string()),
-        ("inference_passes", "0".to_string()),
-    ];
-    pairs.extend(extra.iter().cloned());
-    load(&pairs).unwrap()
-}
 
 fn learner() -> (&'static str, String) {
     ("engine", "\"learner\"".to_string())

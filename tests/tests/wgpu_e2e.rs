@@ -13,29 +13,13 @@ use std::path::{Path, PathBuf};
 use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::tensor::Tensor;
-use kdlora_train::{ConfigSources, NoProgress, RunConfig, RunMetrics};
+use kdlora_train::{NoProgress, RunMetrics};
+
+mod common;
+use common::{config, q, shared};
 
 type Cpu = Autodiff<NdArray<f32>>;
 type Gpu = Autodiff<Wgpu>;
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDLORA_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir
-        .join("models/paraphrase-MiniLM-L3-v2/model.safetensors")
-        .is_file()
-        && dir.join("glue/SST-2/train.tsv").is_file()
-    {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: shared models/data not found at {} (set KDLORA_SHARED)",
-            dir.display()
-        );
-        None
-    }
-}
 
 /// Whether a wgpu device can be created here (a Vulkan driver exists and works).
 fn wgpu_available() -> bool {
@@ -70,23 +54,6 @@ fn wgpu_available() -> bool {
             false
         }
     }
-}
-
-fn q(p: &Path) -> String {
-    format!("{:?}", p.to_string_lossy())
-}
-
-fn config(pairs: &[(&str, String)]) -> RunConfig {
-    let overrides = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    RunConfig::load(&ConfigSources {
-        file: None,
-        env: Vec::new(),
-        overrides,
-    })
-    .unwrap()
 }
 
 /// The student model folder with every dropout probability set to 0 (weights and tokenizer linked).
