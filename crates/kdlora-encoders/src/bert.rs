@@ -3,8 +3,9 @@
 //! RoBERTa, which differs only in its position ids and its head.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{Int, Tensor};
+use kdlora_kernels::Dropout;
 use kdlora_lora::LoraLinear;
 use kdlora_lora::LoraOps;
 
@@ -62,7 +63,7 @@ impl<B: LoraOps> BertEmbeddings<B> {
                 hidden,
                 config.layer_norm_eps,
             ),
-            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            dropout: Dropout::new(config.hidden_dropout_prob),
             padding_idx,
         }
     }
@@ -180,8 +181,8 @@ impl<B: LoraOps> BertLayer<B> {
             intermediate: loader.linear(&format!("{path}.intermediate.dense"), h, inner, true),
             output: loader.linear(&format!("{path}.output.dense"), inner, h, true),
             output_norm: loader.layer_norm(&format!("{path}.output.LayerNorm"), h, eps),
-            attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
-            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            attention_dropout: Dropout::new(config.attention_probs_dropout_prob),
+            dropout: Dropout::new(config.hidden_dropout_prob),
             n_heads: config.num_attention_heads,
             activation: config.hidden_act,
         }
@@ -316,7 +317,7 @@ impl<B: LoraOps> BertForSequenceClassification<B> {
         Self {
             bert,
             pooler,
-            dropout: DropoutConfig::new(config.classifier_dropout).init(),
+            dropout: Dropout::new(config.classifier_dropout),
             classifier,
             config,
         }

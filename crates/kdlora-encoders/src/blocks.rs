@@ -1,8 +1,8 @@
 //! Math shared by the BERT-family architectures: the attention mask bias and multi-head attention.
 
-use burn::nn::Dropout;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
+use kdlora_kernels::Dropout;
+use kdlora_kernels::softmax;
 use kdlora_lora::LoraOps;
 
 /// Added to the attention scores of padded keys. transformers uses the dtype's minimum; any value
@@ -38,7 +38,7 @@ pub fn multi_head_attention<B: LoraOps>(
         .matmul(k.swap_dims(2, 3))
         .div_scalar((head_dim as f64).sqrt())
         + bias;
-    let probs = dropout.forward(softmax(scores, 3));
+    let probs = dropout.forward(softmax(scores));
     probs
         .matmul(v)
         .swap_dims(1, 2)
@@ -55,7 +55,6 @@ pub fn first_token<B: LoraOps>(hidden: Tensor<B, 3>) -> Tensor<B, 2> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
-    use burn::nn::DropoutConfig;
     use burn::tensor::TensorData;
 
     type B = NdArray<f32>;
@@ -72,7 +71,7 @@ mod tests {
             Tensor::<B, 3>::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0], [1, 3, 1]), &device);
         let mask =
             Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 0], [1, 3]), &device);
-        let dropout = DropoutConfig::new(0.5).init();
+        let dropout = Dropout::new(0.5);
         let out = multi_head_attention(q, k, v, attention_bias(mask), 1, &dropout);
         // Key 2 (score 5) is masked: the remaining two have equal scores, so the mean of 0 and 1.
         let values = out.into_data().into_vec::<f32>().unwrap();

@@ -46,13 +46,13 @@ impl Activation {
     }
 
     /// Applies the activation element-wise.
-    pub fn apply<B: burn::tensor::backend::Backend, const D: usize>(
+    pub fn apply<B: kdlora_kernels::LoraOps, const D: usize>(
         self,
         x: burn::tensor::Tensor<B, D>,
     ) -> burn::tensor::Tensor<B, D> {
         use burn::tensor::activation;
         match self {
-            Self::Gelu => activation::gelu(x),
+            Self::Gelu => kdlora_kernels::gelu(x),
             Self::GeluTanh => activation::gelu_approximate(x),
             Self::Relu => activation::relu(x),
             Self::Silu => activation::silu(x),

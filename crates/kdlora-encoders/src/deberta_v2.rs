@@ -19,9 +19,10 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::activation::softmax;
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use kdlora_kernels::Dropout;
+use kdlora_kernels::softmax;
 use kdlora_lora::LoraLinear;
 use kdlora_lora::LoraOps;
 use serde::de::DeserializeOwned;
@@ -465,7 +466,7 @@ impl<B: LoraOps> DisentangledSelfAttention<B> {
             }
         }
 
-        let probs = softmax(scores.mask_fill(masked.clone(), MASKED), 3).mask_fill(masked, 0.0);
+        let probs = softmax(scores.mask_fill(masked.clone(), MASKED)).mask_fill(masked, 0.0);
         let probs = self.dropout.forward(probs);
         probs
             .matmul(v)
@@ -551,7 +552,7 @@ pub struct DebertaV2ForSequenceClassification<B: LoraOps> {
 }
 
 fn dropout(p: f64) -> Dropout {
-    DropoutConfig::new(p).init()
+    Dropout::new(p)
 }
 
 impl<B: LoraOps> DebertaV2ForSequenceClassification<B> {

@@ -3,9 +3,10 @@
 //! dropout + classifier on the first token.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm};
+use burn::nn::LayerNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::{Int, Tensor};
+use kdlora_kernels::Dropout;
 use kdlora_lora::LoraLinear;
 use kdlora_lora::LoraOps;
 
@@ -84,8 +85,8 @@ impl<B: LoraOps> DistilBertLayer<B> {
             lin1: loader.linear(&format!("{path}.ffn.lin1"), h, inner, true),
             lin2: loader.linear(&format!("{path}.ffn.lin2"), inner, h, true),
             output_layer_norm: loader.layer_norm(&format!("{path}.output_layer_norm"), h, eps),
-            attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
-            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            attention_dropout: Dropout::new(config.attention_probs_dropout_prob),
+            dropout: Dropout::new(config.hidden_dropout_prob),
             n_heads: config.num_attention_heads,
             activation: config.hidden_act,
         }
@@ -192,7 +193,7 @@ impl<B: LoraOps> DistilBertForSequenceClassification<B> {
             distilbert,
             pre_classifier,
             classifier,
-            dropout: DropoutConfig::new(config.classifier_dropout).init(),
+            dropout: Dropout::new(config.classifier_dropout),
             config,
         }
     }

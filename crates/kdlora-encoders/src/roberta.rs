@@ -3,8 +3,8 @@
 //! the first token `<s>`.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Int, Tensor};
+use kdlora_kernels::Dropout;
 use kdlora_lora::LoraLinear;
 use kdlora_lora::LoraOps;
 
@@ -42,7 +42,7 @@ impl<B: LoraOps> RobertaForSequenceClassification<B> {
             roberta,
             dense,
             out_proj,
-            dropout: DropoutConfig::new(config.classifier_dropout).init(),
+            dropout: Dropout::new(config.classifier_dropout),
             config,
         }
     }

@@ -8,7 +8,7 @@ use burn::{
         grads::Gradients,
         ops::{Backward, Ops, OpsKind},
     },
-    tensor::ops::FloatTensor,
+    tensor::{Shape, backend::AutodiffBackend, ops::FloatTensor},
 };
 
 use crate::{LoraGradRequest, LoraOps};
@@ -76,6 +76,29 @@ impl<B: LoraOps> Backward<B, 4> for LoraForwardBackward {
 impl<B: LoraOps, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {
     fn device_memory_reserved(device: &Self::Device) -> Option<u64> {
         B::device_memory_reserved(device)
+    }
+
+    fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::gelu::autodiff_gelu::<B, C>(x)
+    }
+
+    fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Only reached when someone differentiates through the backward itself (not done here):
+        // the plain ops keep that correct.
+        crate::gelu_backward_reference::<Self>(x, grad)
+    }
+
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::softmax::autodiff_softmax::<B, C>(x)
+    }
+
+    fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::softmax_backward_reference::<Self>(y, grad)
+    }
+
+    fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
+        // A constant of the graph: drawn on the inner backend, never tracked.
+        <Self as AutodiffBackend>::from_inner(B::dropout_mask(shape, keep, device))
     }
 
     fn lora_forward(

@@ -22,6 +22,11 @@
 //! The fused path can be turned off at run time with [`set_fused_enabled`] or the environment variable
 //! `KDLORA_FUSED_ADAPTER=0`; [`lora_delta_add`] then uses the reference ops on every backend.
 //!
+//! Encoder hot path: the same trait also carries the exact GELU ([`gelu`]), softmax over the last
+//! dimension ([`softmax`]) and dropout masks ([`Dropout`]), each one autodiff node with a closed-form
+//! backward, and single multi-threaded passes on `NdArray` (see the crate README for the profile
+//! that motivated them). Other backends use Burn's ops for the forward.
+//!
 //! Dropout: LoRA's dropout acts on the adapter input only (`B A dropout(x)`). Apply it to `x` before
 //! calling [`lora_delta_add`] and pass the base output computed from the undropped `x`; the result
 //! equals the reference with the same mask (tested).
@@ -50,15 +55,22 @@
 
 mod autodiff;
 mod cube;
+mod dropout;
 mod fusion;
+mod gelu;
 pub mod kernels;
 mod ndarray;
 pub mod reference;
+mod softmax;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorPrimitive, ops::FloatTensor};
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, ops::FloatTensor};
+
+pub use dropout::{Dropout, dropout, dropout_mask_reference};
+pub use gelu::{gelu, gelu_backward_reference};
+pub use softmax::{softmax, softmax_backward_reference};
 
 /// Errors of the checked entry point [`try_lora_delta_add`].
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -174,6 +186,41 @@ pub trait LoraOps: Backend {
     /// and the training code are already generic over.
     fn device_memory_reserved(_device: &Self::Device) -> Option<u64> {
         None
+    }
+
+    /// Exact (erf) GELU `x Φ(x)`, any shape; see [`gelu`]. Default: Burn's `gelu`. Under autodiff one
+    /// graph node whose backward is [`exact_gelu_backward`](LoraOps::exact_gelu_backward).
+    ///
+    /// Not an adapter op either: the encoder's hot element-wise ops live here so the models stay
+    /// generic over one backend extension. `NdArray` overrides them with multi-threaded loops.
+    fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
+    }
+
+    /// `grad (Φ(x) + x φ(x))`: the exact GELU derivative (Burn's own `gelu_backward` is the tanh
+    /// approximation's). Default: [`gelu_backward_reference`].
+    fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_backward_reference::<Self>(x, grad)
+    }
+
+    /// Softmax over the last dimension; see [`softmax`]. Default: Burn's `softmax`. Under autodiff one
+    /// graph node whose backward is [`softmax_last_backward`](LoraOps::softmax_last_backward).
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dim = x.shape().num_dims() - 1;
+        <Self as burn::tensor::ops::ActivationOps<Self>>::softmax(x, dim)
+    }
+
+    /// `y (dy - Σ_last dy y)` from the softmax output `y` and the output gradient `dy`. Default:
+    /// [`softmax_backward_reference`].
+    fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        softmax_backward_reference::<Self>(y, grad)
+    }
+
+    /// An inverted-dropout mask of `shape`: `1 / keep` with probability `keep`, else 0, drawn from the
+    /// backend's seeded RNG (so [`Backend::seed`] makes it reproducible). Default:
+    /// [`dropout_mask_reference`]; see [`dropout`].
+    fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
+        dropout_mask_reference::<Self>(shape, keep, device)
     }
 
     /// The adapter forward `base_out + scaling * (x A^T) B^T`, `[tokens, out]`.

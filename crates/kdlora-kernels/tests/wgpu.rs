@@ -209,3 +209,44 @@ fn dropout_mask_and_switch_off_on_wgpu() {
     set_fused_enabled(true);
     assert_outputs_close(&off, &expected, TOL, "fused path off");
 }
+
+/// `(gelu(x) * w).sum()` and `(softmax(x) * w).sum()` on one backend: outputs and input gradients.
+fn hot_path_outputs<B: LoraOps + burn::tensor::backend::AutodiffBackend>(
+    x: &TensorData,
+    w: &TensorData,
+    device: &B::Device,
+) -> [TensorData; 4] {
+    let x1 = Tensor::<B, 2>::from_data(x.clone(), device).require_grad();
+    let w1 = Tensor::<B, 2>::from_data(w.clone(), device);
+    let y1 = kdlora_kernels::gelu(x1.clone());
+    let g1 = (y1.clone() * w1.clone()).sum().backward();
+    let x2 = Tensor::<B, 2>::from_data(x.clone(), device).require_grad();
+    let y2 = kdlora_kernels::softmax(x2.clone());
+    let g2 = (y2.clone() * w1).sum().backward();
+    [
+        y1.into_data(),
+        x1.grad(&g1).unwrap().into_data(),
+        y2.into_data(),
+        x2.grad(&g2).unwrap().into_data(),
+    ]
+}
+
+#[test]
+fn gelu_and_softmax_nodes_on_wgpu_match_the_cpu_fast_path() {
+    let _g = lock();
+    if !vulkan_available() {
+        return;
+    }
+    // 77 x 129: rows longer than a workgroup, neither a multiple of 32.
+    let cpu = Default::default();
+    let x = Tensor::<Cpu, 2>::random([77, 129], Distribution::Normal(0.0, 2.0), &cpu).into_data();
+    let w = Tensor::<Cpu, 2>::random([77, 129], Distribution::Normal(0.0, 1.0), &cpu).into_data();
+    let on_cpu = hot_path_outputs::<Autodiff<Cpu>>(&x, &w, &cpu);
+    let on_wgpu = hot_path_outputs::<Autodiff<Wgpu>>(&x, &w, &WgpuDevice::default());
+    for (what, (c, g)) in ["gelu", "gelu grad", "softmax", "softmax grad"]
+        .iter()
+        .zip(on_cpu.iter().zip(&on_wgpu))
+    {
+        assert_close(g, c, TOL, what);
+    }
+}

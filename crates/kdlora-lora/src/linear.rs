@@ -1,8 +1,9 @@
 //! [`LoraLinear`]: a frozen base projection plus an optional low-rank adapter.
 
 use burn::module::{Module, Param, ParamId};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::Tensor;
+use kdlora_kernels::Dropout;
 use kdlora_kernels::LoraOps;
 
 /// Shape of a [`LoraLinear`] before weights are known; builds one with a plain (adapter-free) base.
@@ -260,5 +261,5 @@ pub(crate) fn with_trainable<B: LoraOps, const D: usize>(
 
 /// A dropout layer with probability `p` (helper for adapter construction).
 pub(crate) fn dropout(p: f64) -> Dropout {
-    DropoutConfig::new(p).init()
+    Dropout::new(p)
 }
