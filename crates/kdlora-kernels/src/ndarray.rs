@@ -16,7 +16,7 @@ use burn::{
     },
     tensor::{Distribution, Shape, Tensor, TensorMetadata, ops::FloatTensor},
 };
-use ndarray::{ArcArray, IxDyn};
+use ndarray::{ArcArray, ArrayViewD, IxDyn};
 use rayon::prelude::*;
 
 use crate::{
@@ -62,20 +62,11 @@ where
         match (x, grad) {
             (NdArrayTensor::F32(x), NdArrayTensor::F32(grad)) if x.shape() == grad.shape() => {
                 let shape = x.shape().to_vec();
-                let x = x.view();
-                let x = x.as_standard_layout();
-                let x = x.as_slice().expect("standard layout is contiguous");
-                let grad = grad.view();
-                let grad = grad.as_standard_layout();
-                let grad = grad.as_slice().expect("standard layout is contiguous");
-                let mut out = vec![0f32; x.len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-                    .for_each(|(o, (x, g))| {
-                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                            *o = g * gelu_grad_f32(x);
-                        }
-                    });
+                let out = zip_map_f32(x.view(), grad.view(), CHUNK, |o, x, g| {
+                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                        *o = g * gelu_grad_f32(x);
+                    }
+                });
                 f32_tensor(shape, out)
             }
             (x, grad) => crate::gelu_backward_reference::<Self>(x, grad),
@@ -109,23 +100,18 @@ where
             (NdArrayTensor::F32(y), NdArrayTensor::F32(grad)) if y.shape() == grad.shape() => {
                 let shape = y.shape().to_vec();
                 let last = shape.last().copied().unwrap_or(1).max(1);
-                let y = y.view();
-                let y = y.as_standard_layout();
-                let y = y.as_slice().expect("standard layout is contiguous");
-                let grad = grad.view();
-                let grad = grad.as_standard_layout();
-                let grad = grad.as_slice().expect("standard layout is contiguous");
-                let mut out = vec![0f32; y.len()];
-                let step = rows_per_task(last) * last;
-                out.par_chunks_mut(step)
-                    .zip(y.par_chunks(step).zip(grad.par_chunks(step)))
-                    .for_each(|(o, (y, g))| {
+                let out = zip_map_f32(
+                    y.view(),
+                    grad.view(),
+                    rows_per_task(last) * last,
+                    |o, y, g| {
                         for ((o, y), g) in
                             o.chunks_mut(last).zip(y.chunks(last)).zip(g.chunks(last))
                         {
                             softmax_backward_row_f32(o, y, g);
                         }
-                    });
+                    },
+                );
                 f32_tensor(shape, out)
             }
             (y, grad) => crate::softmax_backward_reference::<Self>(y, grad),
@@ -162,6 +148,25 @@ where
             });
         f32_tensor(shape.to_vec(), out)
     }
+}
+
+/// `f(out, a, b)` on matching `step`-element pieces of the row-major contents of two same-shape
+/// arrays, pieces spread over threads; returns `out`.
+fn zip_map_f32(
+    a: ArrayViewD<'_, f32>,
+    b: ArrayViewD<'_, f32>,
+    step: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let a = a.as_standard_layout();
+    let a = a.as_slice().expect("standard layout is contiguous");
+    let b = b.as_standard_layout();
+    let b = b.as_slice().expect("standard layout is contiguous");
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(step)
+        .zip(a.par_chunks(step).zip(b.par_chunks(step)))
+        .for_each(|(o, (a, b))| f(o, a, b));
+    out
 }
 
 /// Whole rows per parallel task, about [`CHUNK`] elements.
