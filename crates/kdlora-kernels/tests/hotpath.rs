@@ -114,23 +114,39 @@ fn gelu_gradient_matches_finite_differences_in_f64() {
     }
 }
 
+type Prim = burn::tensor::ops::FloatTensor<Cpu>;
+
+/// Largest difference between a fast NdArray backward and its plain-ops reference, both applied to
+/// `(input, grad)`; also checks the output keeps the input's shape.
+fn max_backward_difference<const D: usize>(
+    fast: fn(Prim, Prim) -> Prim,
+    reference: fn(Prim, Prim) -> Prim,
+    input: Tensor<Cpu, D>,
+    grad: Tensor<Cpu, D>,
+) -> f32 {
+    let dims = input.dims();
+    let run = |f: fn(Prim, Prim) -> Prim| {
+        Tensor::<Cpu, D>::from_primitive(TensorPrimitive::Float(f(
+            input.clone().into_primitive().tensor(),
+            grad.clone().into_primitive().tensor(),
+        )))
+    };
+    let (fast, reference) = (run(fast), run(reference));
+    assert_eq!(fast.dims(), dims);
+    (fast - reference).abs().max().into_scalar()
+}
+
 #[test]
 fn fast_backward_equals_the_plain_ops_reference() {
     let device = Default::default();
     let x = Tensor::<Cpu, 3>::random([3, 17, 1001], Distribution::Normal(0.0, 2.0), &device);
     let grad = Tensor::<Cpu, 3>::random([3, 17, 1001], Distribution::Normal(0.0, 1.0), &device);
-    let fast = Cpu::exact_gelu_backward(
-        x.clone().into_primitive().tensor(),
-        grad.clone().into_primitive().tensor(),
+    let max = max_backward_difference(
+        Cpu::exact_gelu_backward,
+        kdlora_kernels::gelu_backward_reference::<Cpu>,
+        x,
+        grad,
     );
-    let reference = kdlora_kernels::gelu_backward_reference::<Cpu>(
-        x.into_primitive().tensor(),
-        grad.into_primitive().tensor(),
-    );
-    let fast = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(fast));
-    let reference = Tensor::<Cpu, 3>::from_primitive(TensorPrimitive::Float(reference));
-    assert_eq!(fast.dims(), [3, 17, 1001]);
-    let max = (fast - reference).abs().max().into_scalar();
     assert!(max < 1e-5, "max difference {max}");
 }
 
@@ -369,18 +385,12 @@ fn fast_softmax_backward_equals_the_plain_ops_reference() {
         &device,
     ));
     let grad = Tensor::<Cpu, 4>::random([2, 3, 45, 129], Distribution::Normal(0.0, 1.0), &device);
-    let fast = Cpu::softmax_last_backward(
-        y.clone().into_primitive().tensor(),
-        grad.clone().into_primitive().tensor(),
+    let max = max_backward_difference(
+        Cpu::softmax_last_backward,
+        kdlora_kernels::softmax_backward_reference::<Cpu>,
+        y,
+        grad,
     );
-    let reference = kdlora_kernels::softmax_backward_reference::<Cpu>(
-        y.into_primitive().tensor(),
-        grad.into_primitive().tensor(),
-    );
-    let fast = Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(fast));
-    let reference = Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(reference));
-    assert_eq!(fast.dims(), [2, 3, 45, 129]);
-    let max = (fast - reference).abs().max().into_scalar();
     assert!(max < 1e-6, "max difference {max}");
 }
 
