@@ -1,20 +1,20 @@
 //! End-to-end training runs on real models and data from `../shared` (skipped when absent):
 //! FFT of the teacher, KD-LoRA of the student from it, predict + score; resume; NaN stop.
 //!
-//! The tests share the process-wide CPU RNG (Burn's ndarray seed is global), so they run one at
-//! a time under a lock.
+//! They run on `Flex`, the CPU backend `--device cpu` uses. The tests share the process-wide CPU RNG
+//! (the backend's seed is global), so they run one at a time under a lock.
 
 use std::path::Path;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use kdlora_glue::{GlueDataset, GlueTask, Label, Split};
 use kdlora_train::{EpochRecord, NoProgress, RunMetrics, TrainError};
 
 mod common;
 use common::{config, lock, q, shared, tiny};
 
-type B = Autodiff<NdArray<f32>>;
-type Inner = NdArray<f32>;
+type B = Autodiff<Flex>;
+type Inner = Flex;
 
 fn no_temp_files(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {

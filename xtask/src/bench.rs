@@ -197,8 +197,8 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         }
     }
     for device in &options.devices {
-        if !["cpu", "wgpu", "cuda"].contains(&device.as_str()) {
-            bail!("unknown device {device:?}; expected cpu, wgpu or cuda");
+        if !["cpu", "ndarray", "wgpu", "cuda"].contains(&device.as_str()) {
+            bail!("unknown device {device:?}; expected cpu, ndarray, wgpu or cuda");
         }
     }
     let results = options
@@ -259,7 +259,9 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
                 // PyTorch runs on the CPU or CUDA; wgpu has no PyTorch counterpart here.
                 let theirs = (options.compare_torch && device != "wgpu").then(|| {
                     let mut cmd = Command::new(&options.python);
-                    cmd.arg(&script).args(["--device", device]);
+                    // Both kdlora CPU backends compare against PyTorch's CPU.
+                    let torch_device = if device == "ndarray" { "cpu" } else { device };
+                    cmd.arg(&script).args(["--device", torch_device]);
                     common(&mut cmd);
                     measure(cmd, "pytorch")
                 });

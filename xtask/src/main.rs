@@ -49,7 +49,8 @@ enum Task {
             default_value = "fft,lora,kd-lora,inference"
         )]
         modes: Vec<String>,
-        /// Devices: cpu, wgpu (lavapipe here: very slow), cuda.
+        /// Devices: cpu (Burn's Flex backend), ndarray (Burn's ndarray backend), wgpu (lavapipe here:
+        /// very slow), cuda.
         #[arg(long, value_delimiter = ',', default_value = "cpu")]
         devices: Vec<String>,
         /// One warm-up and two timed steps per configuration.

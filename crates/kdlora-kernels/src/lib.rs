@@ -54,8 +54,10 @@
 //! ```
 
 mod autodiff;
+mod cpu;
 mod cube;
 mod dropout;
+mod flex;
 mod fusion;
 mod gelu;
 pub mod kernels;

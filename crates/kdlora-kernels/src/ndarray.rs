@@ -1,6 +1,6 @@
-//! `LoraOps` for the CPU backend: the plain-tensor [`crate::reference`] for the adapter, and
-//! multi-threaded single-pass loops for the encoder's exact GELU (forward and backward) and dropout
-//! masks on f32 tensors.
+//! `LoraOps` for the `NdArray` CPU backend: the plain-tensor [`crate::reference`] for the adapter,
+//! and the multi-threaded single-pass loops of [`crate::cpu`] for the encoder's exact GELU (forward
+//! and backward), softmax and dropout masks on f32 tensors.
 //!
 //! Why: with burn-ndarray's matmuls on every core, a profile of the student's training step showed
 //! the serial element-wise work dominating: GELU's backward alone is about twelve tensor passes on
@@ -14,20 +14,11 @@ use burn::{
             FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
         },
     },
-    tensor::{Distribution, Shape, Tensor, TensorMetadata, ops::FloatTensor},
+    tensor::{Shape, TensorMetadata, ops::FloatTensor},
 };
 use ndarray::{ArcArray, ArrayViewD, IxDyn};
-use rayon::prelude::*;
 
-use crate::{
-    LoraOps,
-    dropout::{keep_threshold, splitmix64},
-    gelu::{gelu_f32, gelu_grad_f32},
-    softmax::{softmax_backward_row_f32, softmax_row_f32},
-};
-
-/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 16 * 1024;
+use crate::{LoraOps, cpu};
 
 impl<E, I, Q> LoraOps for NdArray<E, I, Q>
 where
@@ -39,20 +30,10 @@ where
 {
     fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match x {
-            NdArrayTensor::F32(storage) => {
-                let view = storage.view();
-                let shape = view.shape().to_vec();
-                let x = view.as_standard_layout();
-                let x = x.as_slice().expect("standard layout is contiguous");
-                let mut out = vec![0f32; x.len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK))
-                    .for_each(|(o, x)| {
-                        for (o, &x) in o.iter_mut().zip(x) {
-                            *o = gelu_f32(x);
-                        }
-                    });
-                f32_tensor(shape, out)
+            NdArrayTensor::F32(x) => {
+                let x = x.view();
+                let out = cpu::gelu(contiguous(&x).as_slice().expect("contiguous"));
+                f32_tensor(x.shape().to_vec(), out)
             }
             other => <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(other),
         }
@@ -61,13 +42,12 @@ where
     fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         match (x, grad) {
             (NdArrayTensor::F32(x), NdArrayTensor::F32(grad)) if x.shape() == grad.shape() => {
-                let shape = x.shape().to_vec();
-                let out = zip_map_f32(x.view(), grad.view(), CHUNK, |o, x, g| {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        *o = g * gelu_grad_f32(x);
-                    }
-                });
-                f32_tensor(shape, out)
+                let (x, grad) = (x.view(), grad.view());
+                let out = cpu::gelu_backward(
+                    contiguous(&x).as_slice().expect("contiguous"),
+                    contiguous(&grad).as_slice().expect("contiguous"),
+                );
+                f32_tensor(x.shape().to_vec(), out)
             }
             (x, grad) => crate::gelu_backward_reference::<Self>(x, grad),
         }
@@ -75,17 +55,15 @@ where
 
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match x {
-            NdArrayTensor::F32(storage) => {
-                let view = storage.view();
-                let shape = view.shape().to_vec();
-                let last = shape.last().copied().unwrap_or(1).max(1);
-                let mut out = view
+            NdArrayTensor::F32(x) => {
+                let x = x.view();
+                let shape = x.shape().to_vec();
+                let mut out = x
                     .as_standard_layout()
                     .into_owned()
                     .into_raw_vec_and_offset()
                     .0;
-                out.par_chunks_mut(rows_per_task(last) * last)
-                    .for_each(|rows| rows.chunks_mut(last).for_each(softmax_row_f32));
+                cpu::softmax_rows(&mut out, shape.last().copied().unwrap_or(1));
                 f32_tensor(shape, out)
             }
             other => {
@@ -98,19 +76,12 @@ where
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         match (y, grad) {
             (NdArrayTensor::F32(y), NdArrayTensor::F32(grad)) if y.shape() == grad.shape() => {
+                let (y, grad) = (y.view(), grad.view());
                 let shape = y.shape().to_vec();
-                let last = shape.last().copied().unwrap_or(1).max(1);
-                let out = zip_map_f32(
-                    y.view(),
-                    grad.view(),
-                    rows_per_task(last) * last,
-                    |o, y, g| {
-                        for ((o, y), g) in
-                            o.chunks_mut(last).zip(y.chunks(last)).zip(g.chunks(last))
-                        {
-                            softmax_backward_row_f32(o, y, g);
-                        }
-                    },
+                let out = cpu::softmax_backward(
+                    contiguous(&y).as_slice().expect("contiguous"),
+                    contiguous(&grad).as_slice().expect("contiguous"),
+                    shape.last().copied().unwrap_or(1),
                 );
                 f32_tensor(shape, out)
             }
@@ -122,56 +93,17 @@ where
         if E::dtype() != burn::tensor::DType::F32 {
             return crate::dropout_mask_reference::<Self>(shape, keep, device);
         }
-        // Three uniform draws from the backend's (seeded) RNG make the generator's seed, so
-        // `NdArray::seed` governs these masks exactly as it governs Burn's own dropout.
-        let draws = Tensor::<Self, 1>::random([3], Distribution::Default, device).into_data();
-        let seed = draws.iter::<f64>().fold(0u64, |acc, u| {
-            (acc << 24) ^ ((u * (1u64 << 24) as f64) as u64)
-        });
-        let threshold = keep_threshold(keep);
-        let scale = (1.0 / keep) as f32;
-        let draw = |bits: u64| if bits < threshold { scale } else { 0.0 };
-        let mut out = vec![0f32; shape.num_elements()];
-        // Each 64-bit value decides two neighbouring elements (its low and high 32 bits); CHUNK is
-        // even, so every task starts on a pair boundary.
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(chunk, o)| {
-                let first_pair = (chunk * CHUNK / 2) as u64;
-                for (j, pair) in o.chunks_mut(2).enumerate() {
-                    let bits = splitmix64(seed, first_pair + j as u64);
-                    pair[0] = draw(bits & 0xffff_ffff);
-                    if let Some(second) = pair.get_mut(1) {
-                        *second = draw(bits >> 32);
-                    }
-                }
-            });
-        f32_tensor(shape.to_vec(), out)
+        let seed = cpu::mask_seed::<Self>(device);
+        f32_tensor(
+            shape.to_vec(),
+            cpu::dropout_mask(shape.num_elements(), keep, seed),
+        )
     }
 }
 
-/// `f(out, a, b)` on matching `step`-element pieces of the row-major contents of two same-shape
-/// arrays, pieces spread over threads; returns `out`.
-fn zip_map_f32(
-    a: ArrayViewD<'_, f32>,
-    b: ArrayViewD<'_, f32>,
-    step: usize,
-    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
-) -> Vec<f32> {
-    let a = a.as_standard_layout();
-    let a = a.as_slice().expect("standard layout is contiguous");
-    let b = b.as_standard_layout();
-    let b = b.as_slice().expect("standard layout is contiguous");
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(step)
-        .zip(a.par_chunks(step).zip(b.par_chunks(step)))
-        .for_each(|(o, (a, b))| f(o, a, b));
-    out
-}
-
-/// Whole rows per parallel task, about [`CHUNK`] elements.
-fn rows_per_task(row_len: usize) -> usize {
-    (CHUNK / row_len).max(1)
+/// The row-major contents of `view`, borrowed when already in that layout.
+fn contiguous<'a>(view: &'a ArrayViewD<'_, f32>) -> ndarray::CowArray<'a, f32, IxDyn> {
+    view.as_standard_layout()
 }
 
 fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> NdArrayTensor {

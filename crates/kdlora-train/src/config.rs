@@ -136,7 +136,7 @@ pub struct RunConfig {
     /// Teacher run folder (an FFT run with `model/`), required by `kd-lora` and `kd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
-    /// Backend: `cpu`, `wgpu` or `cuda` (as compiled into the binary).
+    /// Backend: `cpu` (Burn's Flex backend), `ndarray`, `wgpu` or `cuda` (as compiled into the binary).
     #[serde(default = "default_device")]
     pub device: String,
     /// Passes over the training set.

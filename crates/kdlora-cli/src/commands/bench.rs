@@ -108,7 +108,7 @@ pub struct BenchResult {
     pub model: String,
     /// `model_type` of its config.json.
     pub model_type: String,
-    /// cpu, wgpu or cuda.
+    /// cpu, ndarray, wgpu or cuda.
     pub device: &'static str,
     /// Burn's name of the backend and device.
     pub backend: String,
@@ -183,14 +183,6 @@ fn requested_threads(args: &Args) -> usize {
         .map(|t| t as usize)
         .or_else(|| std::env::var(THREADS_ENV).ok()?.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-fn device_name(d: DeviceArg) -> &'static str {
-    match d {
-        DeviceArg::Cpu => "cpu",
-        DeviceArg::Wgpu => "wgpu",
-        DeviceArg::Cuda => "cuda",
-    }
 }
 
 /// SplitMix64: a fixed, dependency-free stream for the random batch.
@@ -393,7 +385,7 @@ fn result(
             |hub| hub.id,
         ),
         model_type: measured.model_type,
-        device: device_name(args.device),
+        device: args.device.name(),
         backend: measured.backend,
         threads: requested_threads(args),
         cpu_cores_used: cores,

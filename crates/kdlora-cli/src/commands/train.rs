@@ -43,14 +43,6 @@ pub struct Args {
     pub resume: bool,
 }
 
-fn device_name(d: DeviceArg) -> &'static str {
-    match d {
-        DeviceArg::Cpu => "cpu",
-        DeviceArg::Wgpu => "wgpu",
-        DeviceArg::Cuda => "cuda",
-    }
-}
-
 /// A TOML basic string (JSON string escapes are valid TOML escapes).
 fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -84,7 +76,7 @@ pub fn build_config(args: &Args) -> anyhow::Result<RunConfig> {
         }
     }
     if let Some(d) = args.device {
-        overrides.push(("device".into(), format!("\"{}\"", device_name(d))));
+        overrides.push(("device".into(), format!("\"{}\"", d.name())));
     }
     let cfg = RunConfig::load(&ConfigSources {
         file,

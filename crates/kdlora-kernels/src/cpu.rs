@@ -1,0 +1,112 @@
+//! The CPU hot-path loops on plain `f32` slices, shared by the two CPU backends (`NdArray`, `Flex`):
+//! one `rayon` pass each for the exact GELU and its derivative, the row softmax and its backward, and
+//! dropout masks. The backend modules only move their tensors in and out of contiguous slices.
+
+use burn::tensor::{Distribution, Tensor, backend::Backend};
+use rayon::prelude::*;
+
+use crate::{
+    dropout::{keep_threshold, splitmix64},
+    gelu::{gelu_f32, gelu_grad_f32},
+    softmax::{softmax_backward_row_f32, softmax_row_f32},
+};
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 16 * 1024;
+
+/// `x Φ(x)` element-wise.
+pub(crate) fn gelu(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = gelu_f32(x);
+            }
+        });
+    out
+}
+
+/// `grad (Φ(x) + x φ(x))` element-wise.
+pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    zip_map(x, grad, CHUNK, |o, x, g| {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            *o = g * gelu_grad_f32(x);
+        }
+    })
+}
+
+/// Softmax of every `row_len`-element row, in place.
+pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
+    let row_len = row_len.max(1);
+    data.par_chunks_mut(rows_per_task(row_len) * row_len)
+        .for_each(|rows| rows.chunks_mut(row_len).for_each(softmax_row_f32));
+}
+
+/// `y (dy - Σ_row dy y)` for every `row_len`-element row.
+pub(crate) fn softmax_backward(y: &[f32], grad: &[f32], row_len: usize) -> Vec<f32> {
+    let row_len = row_len.max(1);
+    zip_map(y, grad, rows_per_task(row_len) * row_len, |o, y, g| {
+        for ((o, y), g) in o
+            .chunks_mut(row_len)
+            .zip(y.chunks(row_len))
+            .zip(g.chunks(row_len))
+        {
+            softmax_backward_row_f32(o, y, g);
+        }
+    })
+}
+
+/// The seed of a dropout mask: three uniform draws from the backend's (seeded) RNG, so
+/// `Backend::seed` governs these masks exactly as it governs Burn's own dropout.
+pub(crate) fn mask_seed<B: Backend>(device: &B::Device) -> u64 {
+    let draws = Tensor::<B, 1>::random([3], Distribution::Default, device).into_data();
+    draws.iter::<f64>().fold(0u64, |acc, u| {
+        (acc << 24) ^ ((u * (1u64 << 24) as f64) as u64)
+    })
+}
+
+/// `len` inverted-dropout mask values: `1 / keep` with probability `keep`, else 0, from the
+/// counter-based stream at `seed` (the same values however the work is split across threads).
+pub(crate) fn dropout_mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
+    let threshold = keep_threshold(keep);
+    let scale = (1.0 / keep) as f32;
+    let draw = |bits: u64| if bits < threshold { scale } else { 0.0 };
+    let mut out = vec![0f32; len];
+    // Each 64-bit value decides two neighbouring elements (its low and high 32 bits); CHUNK is even,
+    // so every task starts on a pair boundary.
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, o)| {
+            let first_pair = (chunk * CHUNK / 2) as u64;
+            for (j, pair) in o.chunks_mut(2).enumerate() {
+                let bits = splitmix64(seed, first_pair + j as u64);
+                pair[0] = draw(bits & 0xffff_ffff);
+                if let Some(second) = pair.get_mut(1) {
+                    *second = draw(bits >> 32);
+                }
+            }
+        });
+    out
+}
+
+/// `f(out, a, b)` on matching `step`-element pieces of two equal-length slices, pieces spread over
+/// threads; returns `out`.
+fn zip_map(
+    a: &[f32],
+    b: &[f32],
+    step: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    debug_assert_eq!(a.len(), b.len());
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(step)
+        .zip(a.par_chunks(step).zip(b.par_chunks(step)))
+        .for_each(|(o, (a, b))| f(o, a, b));
+    out
+}
+
+/// Whole rows per parallel task, about [`CHUNK`] elements.
+fn rows_per_task(row_len: usize) -> usize {
+    (CHUNK / row_len).max(1)
+}
