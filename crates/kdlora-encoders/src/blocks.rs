@@ -2,7 +2,7 @@
 
 use burn::tensor::{Int, Tensor};
 use kdlora_kernels::Dropout;
-use kdlora_kernels::softmax;
+use kdlora_kernels::softmax_with_bias;
 use kdlora_lora::LoraOps;
 
 /// Added to the attention scores of padded keys. transformers uses the dtype's minimum; any value
@@ -33,12 +33,13 @@ pub fn multi_head_attention<B: LoraOps>(
     let [batch, seq, hidden] = query.dims();
     let head_dim = hidden / n_heads;
     let split = |x: Tensor<B, 3>| x.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2);
-    let (q, k, v) = (split(query), split(key), split(value));
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .div_scalar((head_dim as f64).sqrt())
-        + bias;
-    let probs = dropout.forward(softmax(scores));
+    // Scaling the queries instead of the scores touches `head_dim / seq` as many elements, and the
+    // mask bias is added inside the softmax pass: on the CPU both were full passes over the largest
+    // tensor of the layer, the broadcast add a slow strided one.
+    let q = split(query).div_scalar((head_dim as f64).sqrt());
+    let (k, v) = (split(key), split(value));
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let probs = dropout.forward(softmax_with_bias(scores, bias));
     probs
         .matmul(v)
         .swap_dims(1, 2)

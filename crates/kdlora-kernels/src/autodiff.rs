@@ -92,6 +92,10 @@ impl<B: LoraOps, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {
         crate::softmax::autodiff_softmax::<B, C>(x)
     }
 
+    fn softmax_last_biased(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::softmax::autodiff_softmax_biased::<B, C>(x, bias)
+    }
+
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::softmax_backward_reference::<Self>(y, grad)
     }

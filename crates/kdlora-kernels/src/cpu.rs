@@ -43,6 +43,50 @@ pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
         .for_each(|rows| rows.chunks_mut(row_len).for_each(softmax_row_f32));
 }
 
+/// How a bias of shape `bias` broadcasts over the rows (last dimension) of `x`: `Some(n)` when every
+/// `n` consecutive rows of `x` share one bias row, which holds for the attention-mask shape
+/// `[batch, 1, .., 1, keys]` (n = the product of `x`'s middle dimensions) and for
+/// `[1, .., 1, keys]` (n = all rows); `None` for any other shape (the caller falls back to Burn's
+/// broadcasting add).
+pub(crate) fn rows_per_bias_row(x: &[usize], bias: &[usize]) -> Option<usize> {
+    let rank = x.len();
+    if rank < 2 || bias.len() != rank || bias[rank - 1] != x[rank - 1] {
+        return None;
+    }
+    if bias[1..rank - 1].iter().any(|&d| d != 1) {
+        return None;
+    }
+    let middle: usize = x[1..rank - 1].iter().product();
+    match bias[0] {
+        b if b == x[0] => Some(middle),
+        1 => Some(middle * x[0]),
+        _ => None,
+    }
+}
+
+/// Softmax of every `row_len`-element row of `data` plus its bias row, in place: row `i` adds
+/// `bias` row `i / rows_per_bias` (see [`rows_per_bias_row`]).
+pub(crate) fn softmax_rows_biased(
+    data: &mut [f32],
+    row_len: usize,
+    bias: &[f32],
+    rows_per_bias: usize,
+) {
+    let row_len = row_len.max(1);
+    let per_task = rows_per_task(row_len);
+    data.par_chunks_mut(per_task * row_len)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            for (j, row) in rows.chunks_mut(row_len).enumerate() {
+                let b = (task * per_task + j) / rows_per_bias.max(1);
+                for (v, b) in row.iter_mut().zip(&bias[b * row_len..(b + 1) * row_len]) {
+                    *v += b;
+                }
+                softmax_row_f32(row);
+            }
+        });
+}
+
 /// `y (dy - Σ_row dy y)` for every `row_len`-element row.
 pub(crate) fn softmax_backward(y: &[f32], grad: &[f32], row_len: usize) -> Vec<f32> {
     let row_len = row_len.max(1);

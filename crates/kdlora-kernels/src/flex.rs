@@ -11,7 +11,10 @@ use burn::{
         Flex,
         flex::{FlexTensor, Layout},
     },
-    tensor::{Bytes, DType, Shape, TensorMetadata, ops::FloatTensor},
+    tensor::{
+        Bytes, DType, Shape, TensorMetadata,
+        ops::{FloatTensor, FloatTensorOps},
+    },
 };
 
 use crate::{LoraOps, cpu};
@@ -44,6 +47,20 @@ impl LoraOps for Flex {
         let mut out = f32s(&contiguous(x)).to_vec();
         cpu::softmax_rows(&mut out, shape.last().copied().unwrap_or(1));
         f32_tensor(shape, out)
+    }
+
+    fn softmax_last_biased(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let rows_per_bias = cpu::rows_per_bias_row(&shape, &bias.shape());
+        match rows_per_bias {
+            Some(n) if x.dtype() == DType::F32 && bias.dtype() == DType::F32 => {
+                let mut out = f32s(&contiguous(x)).to_vec();
+                let bias = contiguous(bias);
+                cpu::softmax_rows_biased(&mut out, shape[shape.num_dims() - 1], f32s(&bias), n);
+                f32_tensor(shape, out)
+            }
+            _ => Self::softmax_last(<Self as FloatTensorOps<Self>>::float_add(x, bias)),
+        }
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {

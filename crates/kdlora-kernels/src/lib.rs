@@ -72,7 +72,7 @@ use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, ops::FloatTen
 
 pub use dropout::{Dropout, dropout, dropout_mask_reference};
 pub use gelu::{gelu, gelu_backward_reference};
-pub use softmax::{softmax, softmax_backward_reference};
+pub use softmax::{softmax, softmax_backward_reference, softmax_with_bias};
 
 /// Errors of the checked entry point [`try_lora_delta_add`].
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -210,6 +210,15 @@ pub trait LoraOps: Backend {
     fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let dim = x.shape().num_dims() - 1;
         <Self as burn::tensor::ops::ActivationOps<Self>>::softmax(x, dim)
+    }
+
+    /// `softmax(x + bias)` over the last dimension, `bias` broadcast to `x`'s shape (the attention
+    /// mask bias `[batch, 1, 1, keys]` on the scores `[batch, heads, queries, keys]`); see
+    /// [`softmax_with_bias`]. `bias` is a constant: no gradient flows to it. Default: Burn's
+    /// broadcasting add, then [`softmax_last`](LoraOps::softmax_last). Under autodiff one graph node
+    /// with the softmax backward.
+    fn softmax_last_biased(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::softmax_last(<Self as burn::tensor::ops::FloatTensorOps<Self>>::float_add(x, bias))
     }
 
     /// `y (dy - Σ_last dy y)` from the softmax output `y` and the output gradient `dy`. Default:

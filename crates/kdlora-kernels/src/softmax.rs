@@ -37,6 +37,33 @@ pub fn softmax<B: LoraOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     )))
 }
 
+/// `softmax(x + bias)` over the last dimension through [`LoraOps::softmax_last_biased`]: the
+/// attention mask bias added inside the softmax pass instead of as a broadcast tensor op of its own.
+/// `bias` broadcasts to `x` (same rank, each dimension equal or 1) and is a constant: it gets no
+/// gradient.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::tensor::Tensor;
+///
+/// let device = Default::default();
+/// let scores = Tensor::<NdArray<f32>, 4>::zeros([1, 2, 1, 3], &device);
+/// // The third key is padding.
+/// let bias = Tensor::<NdArray<f32>, 4>::from_floats([[[[0.0, 0.0, -1e9]]]], &device);
+/// let y: Vec<f32> = kdlora_kernels::softmax_with_bias(scores, bias).into_data().to_vec().unwrap();
+/// let expected = [0.5, 0.5, 0.0, 0.5, 0.5, 0.0];
+/// assert!(y.iter().zip(expected).all(|(y, e)| (y - e).abs() < 1e-6));
+/// ```
+pub fn softmax_with_bias<B: LoraOps, const D: usize>(
+    x: Tensor<B, D>,
+    bias: Tensor<B, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::softmax_last_biased(
+        x.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+    )))
+}
+
 /// `y (dy - Σ_last dy y)` from ordinary Burn ops, where `y` is the softmax output: the default of
 /// [`LoraOps::softmax_last_backward`] and the tests' reference.
 pub fn softmax_backward_reference<B: Backend>(
@@ -98,7 +125,27 @@ pub(crate) fn autodiff_softmax<B: LoraOps, C: CheckpointStrategy>(
     }
 }
 
-/// Softmax of one row in place (the `NdArray` fast path).
+/// The node of [`softmax_with_bias`]: the same backward as [`autodiff_softmax`], with `x` the only
+/// parent (the bias is used as a constant).
+pub(crate) fn autodiff_softmax_biased<B: LoraOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    bias: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let bias = bias.primitive;
+    match SoftmaxBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = B::softmax_last_biased(x.primitive, bias);
+            prep.finish(y.clone(), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::softmax_last_biased(x.primitive, bias)),
+    }
+}
+
+/// Softmax of one row in place (the CPU fast path).
 #[inline]
 pub(crate) fn softmax_row_f32(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -113,7 +160,7 @@ pub(crate) fn softmax_row_f32(row: &mut [f32]) {
     }
 }
 
-/// `dx = y (dy - Σ dy y)` for one row (the `NdArray` fast path).
+/// `dx = y (dy - Σ dy y)` for one row (the CPU fast path).
 #[inline]
 pub(crate) fn softmax_backward_row_f32(dx: &mut [f32], y: &[f32], dy: &[f32]) {
     let dot: f32 = y.iter().zip(dy).map(|(y, g)| y * g).sum();
