@@ -1,6 +1,7 @@
 //! The CPU hot-path loops on plain `f32` slices, shared by the two CPU backends (`NdArray`, `Flex`):
 //! one `rayon` pass each for the exact GELU and its derivative, the row softmax and its backward, and
-//! dropout masks. The backend modules only move their tensors in and out of contiguous slices.
+//! dropout masks, each task compiled for the CPU's vector unit ([`vectorized`]). The backend modules
+//! only move their tensors in and out of contiguous slices.
 
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 use rayon::prelude::*;
@@ -8,6 +9,7 @@ use rayon::prelude::*;
 use crate::{
     dropout::{keep_threshold, splitmix64},
     gelu::{gelu_f32, gelu_grad_f32},
+    simd::vectorized,
     softmax::{softmax_backward_row_f32, softmax_row_f32},
 };
 
@@ -19,28 +21,44 @@ pub(crate) fn gelu(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = gelu_f32(x);
-            }
-        });
+        .for_each(|(o, x)| gelu_slice(o, x));
     out
+}
+
+vectorized! {
+    fn gelu_slice(out: &mut [f32], x: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = gelu_f32(x);
+        }
+    }
 }
 
 /// `grad (Φ(x) + x φ(x))` element-wise.
 pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
-    zip_map(x, grad, CHUNK, |o, x, g| {
-        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+    zip_map(x, grad, CHUNK, gelu_backward_slice)
+}
+
+vectorized! {
+    fn gelu_backward_slice(out: &mut [f32], x: &[f32], grad: &[f32]) {
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
             *o = g * gelu_grad_f32(x);
         }
-    })
+    }
 }
 
 /// Softmax of every `row_len`-element row, in place.
 pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
     let row_len = row_len.max(1);
     data.par_chunks_mut(rows_per_task(row_len) * row_len)
-        .for_each(|rows| rows.chunks_mut(row_len).for_each(softmax_row_f32));
+        .for_each(|rows| softmax_rows_slice(rows, row_len));
+}
+
+vectorized! {
+    fn softmax_rows_slice(rows: &mut [f32], row_len: usize) {
+        for row in rows.chunks_mut(row_len) {
+            softmax_row_f32(row);
+        }
+    }
 }
 
 /// How a bias of shape `bias` broadcasts over the rows (last dimension) of `x`: `Some(n)` when every
@@ -77,28 +95,47 @@ pub(crate) fn softmax_rows_biased(
     data.par_chunks_mut(per_task * row_len)
         .enumerate()
         .for_each(|(task, rows)| {
-            for (j, row) in rows.chunks_mut(row_len).enumerate() {
-                let b = (task * per_task + j) / rows_per_bias.max(1);
-                for (v, b) in row.iter_mut().zip(&bias[b * row_len..(b + 1) * row_len]) {
-                    *v += b;
-                }
-                softmax_row_f32(row);
-            }
+            softmax_rows_biased_slice(rows, row_len, bias, task * per_task, rows_per_bias.max(1))
         });
+}
+
+vectorized! {
+    /// `rows` starts at row `first_row` of the whole tensor.
+    fn softmax_rows_biased_slice(
+        rows: &mut [f32],
+        row_len: usize,
+        bias: &[f32],
+        first_row: usize,
+        rows_per_bias: usize,
+    ) {
+        for (j, row) in rows.chunks_mut(row_len).enumerate() {
+            let b = (first_row + j) / rows_per_bias;
+            for (v, b) in row.iter_mut().zip(&bias[b * row_len..(b + 1) * row_len]) {
+                *v += b;
+            }
+            softmax_row_f32(row);
+        }
+    }
 }
 
 /// `y (dy - Σ_row dy y)` for every `row_len`-element row.
 pub(crate) fn softmax_backward(y: &[f32], grad: &[f32], row_len: usize) -> Vec<f32> {
     let row_len = row_len.max(1);
     zip_map(y, grad, rows_per_task(row_len) * row_len, |o, y, g| {
-        for ((o, y), g) in o
+        softmax_backward_slice(o, y, g, row_len)
+    })
+}
+
+vectorized! {
+    fn softmax_backward_slice(out: &mut [f32], y: &[f32], grad: &[f32], row_len: usize) {
+        for ((o, y), g) in out
             .chunks_mut(row_len)
             .zip(y.chunks(row_len))
-            .zip(g.chunks(row_len))
+            .zip(grad.chunks(row_len))
         {
             softmax_backward_row_f32(o, y, g);
         }
-    })
+    }
 }
 
 /// The seed of a dropout mask: three uniform draws from the backend's (seeded) RNG, so

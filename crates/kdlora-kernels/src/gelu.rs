@@ -104,23 +104,15 @@ pub(crate) fn autodiff_gelu<B: LoraOps, C: CheckpointStrategy>(
     }
 }
 
-/// Scalar exact GELU in f32 (the `NdArray` fast path).
-#[inline]
+/// Scalar exact GELU in f32 (the CPU fast path), in vectorisable form ([`crate::simd`]).
+#[inline(always)]
 pub(crate) fn gelu_f32(x: f32) -> f32 {
-    x * cdf_f32(x)
+    x * crate::simd::cdf(x)
 }
 
-/// `Φ(x)` through `erfc`, which keeps full relative precision in the negative tail where
-/// `1 + erf(x / √2)` cancels (at x = -5 the latter is 20 % off in f32).
-#[inline]
-fn cdf_f32(x: f32) -> f32 {
-    0.5 * libm::erfcf(-x * FRAC_1_SQRT_2 as f32)
-}
-
-/// Scalar exact GELU derivative in f32 (the `NdArray` fast path).
-#[inline]
+/// Scalar exact GELU derivative `Φ(x) + x φ(x)` in f32 (the CPU fast path).
+#[inline(always)]
 pub(crate) fn gelu_grad_f32(x: f32) -> f32 {
-    let cdf = cdf_f32(x);
-    let pdf = (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI as f32;
-    cdf + x * pdf
+    let pdf = crate::simd::exp(-0.5 * x * x) * FRAC_1_SQRT_2PI as f32;
+    crate::simd::cdf(x) + x * pdf
 }

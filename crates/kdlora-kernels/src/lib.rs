@@ -63,6 +63,7 @@ mod gelu;
 pub mod kernels;
 mod ndarray;
 pub mod reference;
+mod simd;
 mod softmax;
 
 use std::sync::atomic::{AtomicU8, Ordering};

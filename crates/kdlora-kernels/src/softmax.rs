@@ -146,12 +146,12 @@ pub(crate) fn autodiff_softmax_biased<B: LoraOps, C: CheckpointStrategy>(
 }
 
 /// Softmax of one row in place (the CPU fast path).
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row_f32(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = crate::simd::exp(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -161,7 +161,7 @@ pub(crate) fn softmax_row_f32(row: &mut [f32]) {
 }
 
 /// `dx = y (dy - Σ dy y)` for one row (the CPU fast path).
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_backward_row_f32(dx: &mut [f32], y: &[f32], dy: &[f32]) {
     let dot: f32 = y.iter().zip(dy).map(|(y, g)| y * g).sum();
     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {

@@ -24,7 +24,7 @@ pub fn gelu_grad64(x: f64) -> f64 {
 
 /// Points across the whole range: both tails (where erf saturates), zero, and the curved middle.
 pub fn points() -> Vec<f32> {
-    (0..4001).map(|i| -10.0 + i as f32 * 0.005).collect()
+    (0..23_001).map(|i| -13.0 + i as f32 * 0.001).collect()
 }
 
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
