@@ -152,23 +152,31 @@ pub(crate) fn mask_seed<B: Backend>(device: &B::Device) -> u64 {
 pub(crate) fn dropout_mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
     let threshold = keep_threshold(keep);
     let scale = (1.0 / keep) as f32;
-    let draw = |bits: u64| if bits < threshold { scale } else { 0.0 };
     let mut out = vec![0f32; len];
     // Each 64-bit value decides two neighbouring elements (its low and high 32 bits); CHUNK is even,
     // so every task starts on a pair boundary.
     out.par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(chunk, o)| {
-            let first_pair = (chunk * CHUNK / 2) as u64;
-            for (j, pair) in o.chunks_mut(2).enumerate() {
-                let bits = splitmix64(seed, first_pair + j as u64);
-                pair[0] = draw(bits & 0xffff_ffff);
-                if let Some(second) = pair.get_mut(1) {
-                    *second = draw(bits >> 32);
-                }
-            }
-        });
+        .for_each(|(chunk, o)| mask_slice(o, seed, (chunk * CHUNK / 2) as u64, threshold, scale));
     out
+}
+
+vectorized! {
+    /// `out` starts at pair `first_pair` of the stream.
+    fn mask_slice(out: &mut [f32], seed: u64, first_pair: u64, threshold: u64, scale: f32) {
+        let draw = |bits: u64| if bits < threshold { scale } else { 0.0 };
+        let mut pairs = out.chunks_exact_mut(2);
+        let mut index = first_pair;
+        for pair in &mut pairs {
+            let bits = splitmix64(seed, index);
+            pair[0] = draw(bits & 0xffff_ffff);
+            pair[1] = draw(bits >> 32);
+            index += 1;
+        }
+        if let [last] = pairs.into_remainder() {
+            *last = draw(splitmix64(seed, index) & 0xffff_ffff);
+        }
+    }
 }
 
 /// `f(out, a, b)` on matching `step`-element pieces of two equal-length slices, pieces spread over

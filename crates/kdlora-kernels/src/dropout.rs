@@ -79,7 +79,7 @@ pub fn dropout_mask_reference<B: Backend>(
 
 /// `splitmix64`'s output function: the `index`-th value of the stream that starts at `seed`. A
 /// counter-based generator, so any split of the mask across threads draws the same values.
-#[inline]
+#[inline(always)]
 pub(crate) fn splitmix64(seed: u64, index: u64) -> u64 {
     let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
