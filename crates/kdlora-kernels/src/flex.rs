@@ -12,7 +12,7 @@ use burn::{
         flex::{FlexTensor, Layout},
     },
     tensor::{
-        Bytes, DType, Shape, TensorMetadata,
+        Bytes, DType, Shape, TensorMetadata, get_device_settings,
         ops::{FloatTensor, FloatTensorOps},
     },
 };
@@ -74,6 +74,10 @@ impl LoraOps for Flex {
     }
 
     fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
+        // Flex's float type is a run-time device setting: masks for f16/bf16 models take Burn's ops.
+        if DType::from(get_device_settings::<Self>(device).float_dtype) != DType::F32 {
+            return crate::dropout_mask_reference::<Self>(shape, keep, device);
+        }
         let seed = cpu::mask_seed::<Self>(device);
         let out = cpu::dropout_mask(shape.num_elements(), keep, seed);
         f32_tensor(shape, out)

@@ -17,15 +17,17 @@
 //!   elementwise ops around them are fused as usual but not into them.
 //! - [`Autodiff<B, C>`](burn::backend::Autodiff): custom backward (one graph node for the whole
 //!   adapter, compute bound; `x`, `A`, `B` checkpointed, `h = x A^T` kept as state).
-//! - [`NdArray`](burn::backend::NdArray): the plain-tensor [`reference`](mod@reference).
+//! - [`Flex`](burn::backend::Flex) and [`NdArray`](burn::backend::NdArray), the CPU backends: the
+//!   plain-tensor [`reference`](mod@reference).
 //!
 //! The fused path can be turned off at run time with [`set_fused_enabled`] or the environment variable
 //! `KDLORA_FUSED_ADAPTER=0`; [`lora_delta_add`] then uses the reference ops on every backend.
 //!
 //! Encoder hot path: the same trait also carries the exact GELU ([`gelu`]), softmax over the last
-//! dimension ([`softmax`]) and dropout masks ([`Dropout`]), each one autodiff node with a closed-form
-//! backward, and single multi-threaded passes on `NdArray` (see the crate README for the profile
-//! that motivated them). Other backends use Burn's ops for the forward.
+//! dimension ([`softmax`], [`softmax_with_bias`]) and dropout masks ([`Dropout`]), each one autodiff
+//! node with a closed-form backward, and single multi-threaded vectorised passes on the CPU backends
+//! (see the crate README for the profile that motivated them). Other backends use Burn's ops for the
+//! forward.
 //!
 //! Dropout: LoRA's dropout acts on the adapter input only (`B A dropout(x)`). Apply it to `x` before
 //! calling [`lora_delta_add`] and pass the base output computed from the undropped `x`; the result
@@ -154,7 +156,7 @@ impl<T> LoraGrads<T> {
 /// Shapes are preconditions, as for Burn's own ops: a mismatch panics (the kernels check them on the
 /// host before launching; the reference panics inside matmul). Use [`try_lora_delta_add`] for a
 /// checked entry point. Every method has a default built from ordinary Burn ops (the
-/// [`reference`](mod@reference)), which is what `NdArray` uses; the CubeCL backends override them
+/// [`reference`](mod@reference)), which is what the CPU backends use; the CubeCL backends override them
 /// with kernels.
 pub trait LoraOps: Backend {
     /// `h = x A^T`, `[tokens, r]`.
@@ -183,7 +185,7 @@ pub trait LoraOps: Backend {
 
     /// Bytes of device memory this backend's allocator holds on `device` (CubeCL's reserved memory
     /// pools, which grow to the run's peak working set and are not returned while the process
-    /// lives), after the queued work has run; `None` for host backends (NdArray).
+    /// lives), after the queued work has run; `None` for host backends (Flex, NdArray).
     ///
     /// Not an adapter op: it lives here because this trait is the one backend extension the models
     /// and the training code are already generic over.
@@ -195,7 +197,8 @@ pub trait LoraOps: Backend {
     /// graph node whose backward is [`exact_gelu_backward`](LoraOps::exact_gelu_backward).
     ///
     /// Not an adapter op either: the encoder's hot element-wise ops live here so the models stay
-    /// generic over one backend extension. `NdArray` overrides them with multi-threaded loops.
+    /// generic over one backend extension. `Flex` and `NdArray` override them with multi-threaded
+    /// vectorised loops.
     fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         <Self as burn::tensor::ops::ActivationOps<Self>>::gelu(x)
     }
