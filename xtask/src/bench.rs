@@ -171,7 +171,7 @@ fn machine(python: Option<&str>) -> Value {
         "rustc": command_line("rustc", &["--version"]),
         "python": python.and_then(|p| command_line(p, &["--version"])),
         "load_average_at_start": read_trimmed("/proc/loadavg"),
-        "kdlora_profile": if cfg!(debug_assertions) { "dev (dependencies opt-level 3, kdlora crates opt-level 1)" } else { "release" },
+        "kdlora_profile": if cfg!(debug_assertions) { "dev (dependencies and kdlora-kernels opt-level 3, other kdlora crates opt-level 1)" } else { "release" },
     })
 }
 
