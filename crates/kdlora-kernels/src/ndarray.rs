@@ -74,31 +74,30 @@ where
     }
 
     fn softmax_last_biased(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        match (x, bias) {
-            (NdArrayTensor::F32(x), NdArrayTensor::F32(bias))
-                if cpu::rows_per_bias_row(x.shape(), bias.shape()).is_some() =>
-            {
-                let (x, bias) = (x.view(), bias.view());
-                let shape = x.shape().to_vec();
-                let n = cpu::rows_per_bias_row(&shape, bias.shape()).expect("checked above");
-                let mut out = x
-                    .as_standard_layout()
-                    .into_owned()
-                    .into_raw_vec_and_offset()
-                    .0;
-                let row_len = shape.last().copied().unwrap_or(1);
-                cpu::softmax_rows_biased(
-                    &mut out,
-                    row_len,
-                    contiguous(&bias).as_slice().expect("contiguous"),
-                    n,
-                );
-                f32_tensor(shape, out)
+        let fast = match (&x, &bias) {
+            (NdArrayTensor::F32(x), NdArrayTensor::F32(bias)) => {
+                cpu::rows_per_bias_row(x.shape(), bias.shape()).map(|n| (x.view(), bias.view(), n))
             }
-            (x, bias) => Self::softmax_last(
+            _ => None,
+        };
+        let Some((x, bias, rows_per_bias)) = fast else {
+            return Self::softmax_last(
                 <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_add(x, bias),
-            ),
-        }
+            );
+        };
+        let shape = x.shape().to_vec();
+        let mut out = x
+            .as_standard_layout()
+            .into_owned()
+            .into_raw_vec_and_offset()
+            .0;
+        cpu::softmax_rows_biased(
+            &mut out,
+            shape.last().copied().unwrap_or(1),
+            contiguous(&bias).as_slice().expect("contiguous"),
+            rows_per_bias,
+        );
+        f32_tensor(shape, out)
     }
 
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
