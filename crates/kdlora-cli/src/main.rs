@@ -1,6 +1,7 @@
 //! `kdlora`: fine-tune, distil, evaluate and inspect GLUE encoders with LoRA.
 use clap::{Parser, Subcommand};
 
+mod allocator;
 mod commands;
 mod device;
 
@@ -10,28 +11,6 @@ mod device;
 /// (docs/results/bench/README.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc.h (v2 and v3): milliseconds before freed memory is returned
-/// to the kernel (-1: never).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// The purge delay kdlora sets: a training step frees and reallocates its activations (tens of MiB
-/// each), and with mimalloc's default of 10 ms those pages went back to the kernel and were faulted
-/// (and zeroed) in again on the next step: ~5,000 page faults per benchmark step, 8-16 % of a CPU
-/// step in `perf`. Measured on the cpu preset's SST-2 runs (`docs/results/bench/README.md`), delay
-/// 10 / 100 / 1000 ms / never: KD-LoRA 10.8 / 9.4 / 9.1 / 8.7 s at 238 / 252 / 280 / 329 MiB peak,
-/// FFT 51.3 / 43.9 / 37.8 / 33.8 s at 632 / 655 / 716 / 804 MiB. 100 ms keeps most of the speed for
-/// 3-6 % more memory (varying sequence lengths fragment what is kept, so "never" costs up to 40 %).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-
-/// Applies [`PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` is set in the environment (which then
-/// wins, as mimalloc reads it at start-up).
-fn set_purge_delay() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide integer option; called before any other thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +44,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    set_purge_delay();
+    allocator::init();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Int, Tensor};
 use kdlora_kernels::Dropout;
-use kdlora_kernels::softmax_with_bias;
+use kdlora_kernels::{matmul, softmax_with_bias, swap_middle_dims};
 use kdlora_lora::LoraOps;
 
 /// Added to the attention scores of padded keys. transformers uses the dtype's minimum; any value
@@ -32,18 +32,19 @@ pub fn multi_head_attention<B: LoraOps>(
 ) -> Tensor<B, 3> {
     let [batch, seq, hidden] = query.dims();
     let head_dim = hidden / n_heads;
-    let split = |x: Tensor<B, 3>| x.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2);
+    // `swap_middle_dims` instead of Burn's `swap_dims`: the heads move in whole rows on every core,
+    // where the strided view's later `reshape` (and the same in the backward) was an element-by-element
+    // copy on one thread.
+    let split = |x: Tensor<B, 3>| swap_middle_dims(x.reshape([batch, seq, n_heads, head_dim]));
     // Scaling the queries instead of the scores touches `head_dim / seq` as many elements, and the
     // mask bias is added inside the softmax pass: on the CPU both were full passes over the largest
-    // tensor of the layer, the broadcast add a slow strided one.
-    let q = split(query).div_scalar((head_dim as f64).sqrt());
+    // tensor of the layer, the broadcast add a slow strided one. The queries are scaled while still
+    // contiguous (a strided scalar op is another one-thread element loop).
+    let q = split(query.div_scalar((head_dim as f64).sqrt()));
     let (k, v) = (split(key), split(value));
-    let scores = q.matmul(k.swap_dims(2, 3));
+    let scores = matmul(q, k.swap_dims(2, 3));
     let probs = dropout.forward(softmax_with_bias(scores, bias));
-    probs
-        .matmul(v)
-        .swap_dims(1, 2)
-        .reshape([batch, seq, hidden])
+    swap_middle_dims(matmul(probs, v)).reshape([batch, seq, hidden])
 }
 
 /// The hidden state of the first token (`[CLS]` / `<s>`) of every sequence: `[batch, hidden]`.

@@ -22,7 +22,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use kdlora_kernels::Dropout;
-use kdlora_kernels::softmax;
+use kdlora_kernels::{matmul, softmax, swap_middle_dims};
 use kdlora_lora::LoraLinear;
 use kdlora_lora::LoraOps;
 use serde::de::DeserializeOwned;
@@ -396,8 +396,7 @@ impl<B: LoraOps> DisentangledSelfAttention<B> {
     /// `[batch, seq, hidden]` to `[batch, heads, seq, head]`.
     fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [batch, seq, _] = x.dims();
-        x.reshape([batch, seq, self.num_heads, self.head_size])
-            .swap_dims(1, 2)
+        swap_middle_dims(x.reshape([batch, seq, self.num_heads, self.head_size]))
     }
 
     /// Heads of a projection of the relative embeddings, repeated over the batch:
@@ -430,10 +429,7 @@ impl<B: LoraOps> DisentangledSelfAttention<B> {
         let v = self.split_heads(self.value_proj.forward(hidden));
         let scale = ((self.head_size * self.scale_factor) as f64).sqrt();
 
-        let mut scores = q
-            .clone()
-            .matmul(k.clone().swap_dims(2, 3))
-            .div_scalar(scale);
+        let mut scores = matmul(q.clone(), k.clone().swap_dims(2, 3)).div_scalar(scale);
         if self.relative_attention
             && let Some(ctx) = relative
         {
@@ -468,10 +464,7 @@ impl<B: LoraOps> DisentangledSelfAttention<B> {
 
         let probs = softmax(scores.mask_fill(masked.clone(), MASKED)).mask_fill(masked, 0.0);
         let probs = self.dropout.forward(probs);
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.num_heads * self.head_size])
+        swap_middle_dims(matmul(probs, v)).reshape([batch, seq, self.num_heads * self.head_size])
     }
 }
 

@@ -100,6 +100,14 @@ impl<B: LoraOps, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {
         crate::softmax_backward_reference::<Self>(y, grad)
     }
 
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::matmul::autodiff_matmul::<B, C>(lhs, rhs)
+    }
+
+    fn swap_middle_dims(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::heads::autodiff_swap_middle_dims::<B, C>(x)
+    }
+
     fn dropout_mask(shape: Shape, keep: f64, device: &Self::Device) -> FloatTensor<Self> {
         // A constant of the graph: drawn on the inner backend, never tracked.
         <Self as AutodiffBackend>::from_inner(B::dropout_mask(shape, keep, device))

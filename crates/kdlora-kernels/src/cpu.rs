@@ -18,11 +18,9 @@ const CHUNK: usize = 16 * 1024;
 
 /// `x Φ(x)` element-wise.
 pub(crate) fn gelu(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| gelu_slice(o, x));
-    out
+    par_build(x.len(), CHUNK, |task, o| {
+        gelu_slice(o, &x[task * CHUNK..][..o.len()])
+    })
 }
 
 vectorized! {
@@ -46,11 +44,14 @@ vectorized! {
     }
 }
 
-/// Softmax of every `row_len`-element row, in place.
-pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
+/// Softmax of every `row_len`-element row of `x`.
+pub(crate) fn softmax_rows(x: &[f32], row_len: usize) -> Vec<f32> {
     let row_len = row_len.max(1);
-    data.par_chunks_mut(rows_per_task(row_len) * row_len)
-        .for_each(|rows| softmax_rows_slice(rows, row_len));
+    let step = rows_per_task(row_len) * row_len;
+    par_build(x.len(), step, |task, rows| {
+        rows.copy_from_slice(&x[task * step..][..rows.len()]);
+        softmax_rows_slice(rows, row_len)
+    })
 }
 
 vectorized! {
@@ -82,21 +83,21 @@ pub(crate) fn rows_per_bias_row(x: &[usize], bias: &[usize]) -> Option<usize> {
     }
 }
 
-/// Softmax of every `row_len`-element row of `data` plus its bias row, in place: row `i` adds
-/// `bias` row `i / rows_per_bias` (see [`rows_per_bias_row`]).
+/// Softmax of every `row_len`-element row of `x` plus its bias row: row `i` adds `bias` row
+/// `i / rows_per_bias` (see [`rows_per_bias_row`]).
 pub(crate) fn softmax_rows_biased(
-    data: &mut [f32],
+    x: &[f32],
     row_len: usize,
     bias: &[f32],
     rows_per_bias: usize,
-) {
+) -> Vec<f32> {
     let row_len = row_len.max(1);
     let per_task = rows_per_task(row_len);
-    data.par_chunks_mut(per_task * row_len)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            softmax_rows_biased_slice(rows, row_len, bias, task * per_task, rows_per_bias.max(1))
-        });
+    let step = per_task * row_len;
+    par_build(x.len(), step, |task, rows| {
+        rows.copy_from_slice(&x[task * step..][..rows.len()]);
+        softmax_rows_biased_slice(rows, row_len, bias, task * per_task, rows_per_bias.max(1))
+    })
 }
 
 vectorized! {
@@ -152,13 +153,11 @@ pub(crate) fn mask_seed<B: Backend>(device: &B::Device) -> u64 {
 pub(crate) fn dropout_mask(len: usize, keep: f64, seed: u64) -> Vec<f32> {
     let threshold = keep_threshold(keep);
     let scale = (1.0 / keep) as f32;
-    let mut out = vec![0f32; len];
     // Each 64-bit value decides two neighbouring elements (its low and high 32 bits); CHUNK is even,
     // so every task starts on a pair boundary.
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(chunk, o)| mask_slice(o, seed, (chunk * CHUNK / 2) as u64, threshold, scale));
-    out
+    par_build(len, CHUNK, |chunk, o| {
+        mask_slice(o, seed, (chunk * CHUNK / 2) as u64, threshold, scale)
+    })
 }
 
 vectorized! {
@@ -188,11 +187,59 @@ fn zip_map(
     f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
 ) -> Vec<f32> {
     debug_assert_eq!(a.len(), b.len());
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(step)
-        .zip(a.par_chunks(step).zip(b.par_chunks(step)))
-        .for_each(|(o, (a, b))| f(o, a, b));
+    par_build(a.len(), step, |task, o| {
+        let (a, b) = (&a[task * step..][..o.len()], &b[task * step..][..o.len()]);
+        f(o, a, b)
+    })
+}
+
+/// A `len`-element vector built in `step`-element pieces by `fill(piece_index, piece)`, pieces
+/// spread over threads.
+///
+/// Why not `vec![0.0; len]` and `par_chunks_mut`: the zeroing is a serial pass on the calling
+/// thread (mimalloc reuses freed blocks, which are not zero), over tensors of tens of MiB, while
+/// the other cores wait; and the first touch of fresh pages (the page faults) happens there too.
+/// Here each task zeroes its own piece right before `fill` overwrites it, in cache.
+pub(crate) fn par_build(
+    len: usize,
+    step: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let step = step.max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(step)
+        .enumerate()
+        .for_each(|(task, piece)| {
+            piece.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every element of `piece` was initialised by the `fill` just above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let piece = unsafe {
+                std::slice::from_raw_parts_mut(piece.as_mut_ptr().cast::<f32>(), piece.len())
+            };
+            fill(task, piece);
+        });
+    // SAFETY: the pieces cover `0..len`, and each was initialised above.
+    unsafe { out.set_len(len) };
     out
+}
+
+/// `[a, b, c, d]` -> `[a, c, b, d]` (swapping the two middle dimensions), written contiguously:
+/// the copy between the `[batch, seq, heads, head_dim]` layout of the projections and the
+/// `[batch, heads, seq, head_dim]` layout of attention, in both directions. Rows of `d` elements
+/// move whole; output rows are spread over threads.
+pub(crate) fn swap_middle(x: &[f32], [a, b, c, d]: [usize; 4]) -> Vec<f32> {
+    debug_assert_eq!(x.len(), a * b * c * d);
+    let d = d.max(1);
+    // One task per output `[b, d]` block: all of output row group (a_i, c_i).
+    let step = (b * d).max(1);
+    par_build(x.len(), step, |task, out| {
+        let (ai, ci) = (task / c.max(1), task % c.max(1));
+        for (bi, row) in out.chunks_mut(d).enumerate() {
+            let src = ((ai * b + bi) * c + ci) * d;
+            row.copy_from_slice(&x[src..src + d]);
+        }
+    })
 }
 
 /// Whole rows per parallel task, about [`CHUNK`] elements.

@@ -62,7 +62,9 @@ mod dropout;
 mod flex;
 mod fusion;
 mod gelu;
+mod heads;
 pub mod kernels;
+mod matmul;
 mod ndarray;
 pub mod reference;
 mod simd;
@@ -75,6 +77,8 @@ use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, ops::FloatTen
 
 pub use dropout::{Dropout, dropout, dropout_mask_reference};
 pub use gelu::{gelu, gelu_backward_reference};
+pub use heads::swap_middle_dims;
+pub use matmul::{linear, matmul};
 pub use softmax::{softmax, softmax_backward_reference, softmax_with_bias};
 
 /// Errors of the checked entry point [`try_lora_delta_add`].
@@ -229,6 +233,22 @@ pub trait LoraOps: Backend {
     /// [`softmax_backward_reference`].
     fn softmax_last_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         softmax_backward_reference::<Self>(y, grad)
+    }
+
+    /// `lhs @ rhs` over the last two dimensions, `rhs`'s batch dimensions equal to `lhs`'s or all 1;
+    /// see [`matmul`]. Default: Burn's matmul. `Flex` calls `gemm` into an uninitialised output.
+    /// Under autodiff one graph node; a shared `rhs` (a weight) gets its gradient from one product
+    /// over all batch rows.
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul::matmul_reference::<Self>(lhs, rhs)
+    }
+
+    /// `[a, b, c, d]` -> `[a, c, b, d]`: the values of `swap_dims(1, 2)`; see [`swap_middle_dims`].
+    /// Default: Burn's `swap_dims` (a strided view). The CPU backends write a new contiguous tensor,
+    /// whole rows at a time on every core. Under autodiff one graph node whose backward swaps the
+    /// gradient back.
+    fn swap_middle_dims(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        heads::swap_middle_dims_reference::<Self>(x)
     }
 
     /// An inverted-dropout mask of `shape`: `1 / keep` with probability `keep`, else 0, drawn from the

@@ -58,12 +58,10 @@ where
             NdArrayTensor::F32(x) => {
                 let x = x.view();
                 let shape = x.shape().to_vec();
-                let mut out = x
-                    .as_standard_layout()
-                    .into_owned()
-                    .into_raw_vec_and_offset()
-                    .0;
-                cpu::softmax_rows(&mut out, shape.last().copied().unwrap_or(1));
+                let out = cpu::softmax_rows(
+                    contiguous(&x).as_slice().expect("contiguous"),
+                    shape.last().copied().unwrap_or(1),
+                );
                 f32_tensor(shape, out)
             }
             other => {
@@ -86,13 +84,8 @@ where
             );
         };
         let shape = x.shape().to_vec();
-        let mut out = x
-            .as_standard_layout()
-            .into_owned()
-            .into_raw_vec_and_offset()
-            .0;
-        cpu::softmax_rows_biased(
-            &mut out,
+        let out = cpu::softmax_rows_biased(
+            contiguous(&x).as_slice().expect("contiguous"),
             shape.last().copied().unwrap_or(1),
             contiguous(&bias).as_slice().expect("contiguous"),
             rows_per_bias,
@@ -113,6 +106,19 @@ where
                 f32_tensor(shape, out)
             }
             (y, grad) => crate::softmax_backward_reference::<Self>(y, grad),
+        }
+    }
+
+    fn swap_middle_dims(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match x {
+            NdArrayTensor::F32(x) if x.shape().len() == 4 => {
+                let x = x.view();
+                let s = x.shape();
+                let dims = [s[0], s[1], s[2], s[3]];
+                let out = cpu::swap_middle(contiguous(&x).as_slice().expect("contiguous"), dims);
+                f32_tensor(vec![dims[0], dims[2], dims[1], dims[3]], out)
+            }
+            other => crate::heads::swap_middle_dims_reference::<Self>(other),
         }
     }
 

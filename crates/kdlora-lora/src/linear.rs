@@ -135,7 +135,7 @@ impl<B: LoraOps> LoraLinear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.adapter {
             Some(adapter) if !adapter.merged => {
-                let base = self.base.forward(x.clone());
+                let base = self.base_forward(x.clone());
                 // Dropout acts on the adapter input only; the base saw the undropped `x`.
                 let x = adapter.dropout.forward(x);
                 kdlora_kernels::lora_delta_add(
@@ -146,8 +146,19 @@ impl<B: LoraOps> LoraLinear<B> {
                     adapter.scaling as f32,
                 )
             }
-            _ => self.base.forward(x),
+            _ => self.base_forward(x),
         }
+    }
+
+    /// `x W^T + b` through [`kdlora_kernels::linear`] (what `nn::Linear::forward` computes): on the
+    /// CPU it writes the product without Flex's zero-fill-and-copy of every output, and a trainable
+    /// weight gets its gradient from one product over all tokens instead of one per sequence.
+    fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        kdlora_kernels::linear(
+            x,
+            self.base.weight.val(),
+            self.base.bias.as_ref().map(|b| b.val()),
+        )
     }
 
     /// Folds the adapter into the base weight (`W += scaling * B A`, applied as

@@ -14,6 +14,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::allocator::PurgePacer;
+
 use anyhow::{Context, bail};
 use burn::optim::GradientsParams;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -140,6 +142,9 @@ pub struct BenchResult {
     pub peak_rss_mb: Option<f64>,
     /// Seconds to load the model (and attach adapters).
     pub load_s: f64,
+    /// mimalloc's purge delay at the end (ms), as paced by the step time (`MIMALLOC_PURGE_DELAY`
+    /// fixes it).
+    pub purge_delay_ms: i64,
     /// Training loss of the first and last step (a fixed batch: it should fall).
     pub loss_first_last: Option<[f64; 2]>,
 }
@@ -308,11 +313,13 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// Wall time of the timed steps (those after the warm-up) and the cores busy meanwhile.
+/// Every step, warm-up included, also paces the allocator's purge delay, as `kdlora train` does.
 struct Timer {
     warmup: usize,
     seconds: Vec<f64>,
-    started: Option<Instant>,
+    started: Option<(Instant, bool)>,
     first: Option<(Instant, Option<f64>)>,
+    pacer: PurgePacer,
 }
 
 impl Timer {
@@ -322,35 +329,37 @@ impl Timer {
             seconds: Vec::new(),
             started: None,
             first: None,
+            pacer: PurgePacer::new(),
         }
     }
 
     fn begin(&mut self, step: usize) {
-        if step < self.warmup {
-            self.started = None;
-            return;
-        }
         let now = Instant::now();
-        if self.first.is_none() {
+        let timed = step >= self.warmup;
+        if timed && self.first.is_none() {
             self.first = Some((now, process_cpu_seconds()));
         }
-        self.started = Some(now);
+        self.started = Some((now, timed));
     }
 
     fn end(&mut self) {
-        if let Some(start) = self.started.take() {
-            self.seconds.push(start.elapsed().as_secs_f64());
+        if let Some((start, timed)) = self.started.take() {
+            let elapsed = start.elapsed();
+            self.pacer.observe(elapsed);
+            if timed {
+                self.seconds.push(elapsed.as_secs_f64());
+            }
         }
     }
 
-    /// Step seconds and process CPU time / wall time over the timed steps.
-    fn finish(self) -> (Vec<f64>, Option<f64>) {
+    /// Step seconds, process CPU time / wall time over the timed steps, and the purge delay.
+    fn finish(self) -> (Vec<f64>, Option<f64>, i64) {
         let cores = self.first.and_then(|(wall_start, cpu_start)| {
             let wall = wall_start.elapsed().as_secs_f64();
             let cpu = process_cpu_seconds()? - cpu_start?;
             (wall > 0.0).then_some(cpu / wall)
         });
-        (self.seconds, cores)
+        (self.seconds, cores, self.pacer.delay_ms())
     }
 }
 
@@ -367,7 +376,7 @@ struct Measured {
 fn result(
     args: &Args,
     measured: Measured,
-    (step_seconds, cores): (Vec<f64>, Option<f64>),
+    (step_seconds, cores, purge_delay_ms): (Vec<f64>, Option<f64>, i64),
 ) -> BenchResult {
     let median_step_s = median(&step_seconds);
     BenchResult {
@@ -405,6 +414,7 @@ fn result(
         warmup: args.warmup as usize,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
         load_s: measured.load_s,
+        purge_delay_ms,
         loss_first_last: measured.losses,
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::allocator::PacedObserver;
 use anyhow::Context;
 use kdlora_lora::AutodiffLoraOps;
 use kdlora_train::{BarObserver, ConfigSources, RunConfig, RunMetrics};
@@ -108,7 +109,8 @@ impl AutodiffTask for Train {
     type Output = RunMetrics;
 
     fn run<B: AutodiffLoraOps>(self, device: B::Device) -> anyhow::Result<RunMetrics> {
-        let mut observer = BarObserver::new();
+        // Also paces the allocator's purge delay by the step time (see `allocator`).
+        let mut observer = PacedObserver::new(BarObserver::new());
         Ok(kdlora_train::train::<B>(
             &self.cfg,
             self.resume,
