@@ -348,7 +348,9 @@ fn markdown(report: &Value) -> String {
     let _ = writeln!(
         md,
         "Machine: {} ({} cores, SIMD {}), {:.1} GB memory, {} (kernel {}), {}; python: {}; load \
-         average at start: {}. kdlora build profile: {}.\n",
+         average at start: {}. kdlora build profile: {}; allocator: mimalloc, purge delay paced \
+         by the step time (1.5x the moving average, 100 ms to 10 s; `purge_delay_ms` in each \
+         run's JSON).\n",
         text(&m["cpu"]),
         text(&m["cores"]),
         text(&m["cpu_flags"]),

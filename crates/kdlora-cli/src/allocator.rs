@@ -90,9 +90,11 @@ impl PurgePacer {
         }
     }
 
-    /// The delay last applied, in milliseconds.
-    pub fn delay_ms(&self) -> i64 {
-        self.applied_ms
+    /// The delay in effect, in milliseconds (as mimalloc reports it: also right when
+    /// `MIMALLOC_PURGE_DELAY` fixed it).
+    pub fn delay_ms(&self) -> c_long {
+        // SAFETY: reads a process-wide integer option.
+        unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
     }
 }
 
@@ -165,15 +167,15 @@ mod tests {
             fixed: false,
         };
         pacer.observe(Duration::from_millis(1000));
-        assert_eq!(pacer.delay_ms(), 1500);
+        assert_eq!(pacer.applied_ms, 1500);
         // Average 0.7 * 1.0 + 0.3 * 1.05 = 1.015 s: 1523 ms is within a tenth of 1500, kept.
         pacer.observe(Duration::from_millis(1050));
-        assert_eq!(pacer.delay_ms(), 1500);
+        assert_eq!(pacer.applied_ms, 1500);
         // A run of short steps pulls it down to the floor.
         for _ in 0..20 {
             pacer.observe(Duration::from_millis(10));
         }
-        assert_eq!(pacer.delay_ms(), MIN_DELAY_MS);
+        assert_eq!(pacer.applied_ms, MIN_DELAY_MS);
     }
 
     #[test]
@@ -184,6 +186,6 @@ mod tests {
             fixed: true,
         };
         pacer.observe(Duration::from_secs(2));
-        assert_eq!(pacer.delay_ms(), MIN_DELAY_MS);
+        assert_eq!(pacer.applied_ms, MIN_DELAY_MS);
     }
 }

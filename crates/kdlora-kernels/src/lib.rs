@@ -26,8 +26,10 @@
 //! Encoder hot path: the same trait also carries the exact GELU ([`gelu`]), softmax over the last
 //! dimension ([`softmax`], [`softmax_with_bias`]) and dropout masks ([`Dropout`]), each one autodiff
 //! node with a closed-form backward, and single multi-threaded vectorised passes on the CPU backends
-//! (see the crate README for the profile that motivated them). Other backends use Burn's ops for the
-//! forward.
+//! (see the crate README for the profile that motivated them); matrix products ([`matmul`],
+//! [`linear`]: on `Flex` written by `gemm` straight into a fresh buffer, and one product for a shared
+//! weight's gradient) and the attention head swap ([`swap_middle_dims`]: a parallel copy on the CPU).
+//! Other backends use Burn's ops for the forward.
 //!
 //! Dropout: LoRA's dropout acts on the adapter input only (`B A dropout(x)`). Apply it to `x` before
 //! calling [`lora_delta_add`] and pass the base output computed from the undropped `x`; the result

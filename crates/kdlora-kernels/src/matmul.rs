@@ -62,6 +62,11 @@ pub fn linear<B: LoraOps, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
+    if D == 1 {
+        // A single input vector: as a one-row matrix.
+        let d_out = weight.dims()[1];
+        return linear(x.unsqueeze::<2>(), weight, bias).reshape([d_out; D]);
+    }
     let y = matmul(x, weight.unsqueeze::<D>());
     match bias {
         Some(bias) => y + bias.unsqueeze::<D>(),

@@ -144,7 +144,7 @@ pub struct BenchResult {
     pub load_s: f64,
     /// mimalloc's purge delay at the end (ms), as paced by the step time (`MIMALLOC_PURGE_DELAY`
     /// fixes it).
-    pub purge_delay_ms: i64,
+    pub purge_delay_ms: std::ffi::c_long,
     /// Training loss of the first and last step (a fixed batch: it should fall).
     pub loss_first_last: Option<[f64; 2]>,
 }
@@ -353,7 +353,7 @@ impl Timer {
     }
 
     /// Step seconds, process CPU time / wall time over the timed steps, and the purge delay.
-    fn finish(self) -> (Vec<f64>, Option<f64>, i64) {
+    fn finish(self) -> (Vec<f64>, Option<f64>, std::ffi::c_long) {
         let cores = self.first.and_then(|(wall_start, cpu_start)| {
             let wall = wall_start.elapsed().as_secs_f64();
             let cpu = process_cpu_seconds()? - cpu_start?;
@@ -376,7 +376,7 @@ struct Measured {
 fn result(
     args: &Args,
     measured: Measured,
-    (step_seconds, cores, purge_delay_ms): (Vec<f64>, Option<f64>, i64),
+    (step_seconds, cores, purge_delay_ms): (Vec<f64>, Option<f64>, std::ffi::c_long),
 ) -> BenchResult {
     let median_step_s = median(&step_seconds);
     BenchResult {

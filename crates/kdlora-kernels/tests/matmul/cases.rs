@@ -194,6 +194,17 @@ fn linear_equals_nn_linear_forward_and_gradients() {
 }
 
 #[test]
+fn linear_of_a_single_vector_is_the_one_row_product() {
+    let device = Default::default();
+    let x = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0], &device);
+    let w = Tensor::<Cpu, 2>::from_floats([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], &device);
+    let b = Tensor::<Cpu, 1>::from_floats([0.5, -0.5], &device);
+    let y = linear(x, w, Some(b));
+    assert_eq!(y.dims(), [2]);
+    assert_eq!(values(y), [4.5, 4.5]);
+}
+
+#[test]
 fn swap_middle_dims_equals_swap_dims_forward_and_backward() {
     // Contiguous and strided inputs.
     for x0 in [random::<Cpu, 4>([2, 3, 4, 5]), random::<Cpu, 4>([2, 4, 3, 5]).swap_dims(1, 2)] {
