@@ -65,10 +65,15 @@ impl Default for PurgePacer {
 impl PurgePacer {
     /// A pacer starting from [`MIN_DELAY_MS`]; inert when `MIMALLOC_PURGE_DELAY` is set.
     pub fn new() -> Self {
+        Self::with_fixed(env_fixed())
+    }
+
+    /// A pacer starting from [`MIN_DELAY_MS`] that changes nothing when `fixed`.
+    fn with_fixed(fixed: bool) -> Self {
         Self {
             average_s: None,
             applied_ms: MIN_DELAY_MS,
-            fixed: env_fixed(),
+            fixed,
         }
     }
 
@@ -161,11 +166,7 @@ mod tests {
 
     #[test]
     fn the_pacer_follows_a_moving_average_and_ignores_small_moves() {
-        let mut pacer = PurgePacer {
-            average_s: None,
-            applied_ms: MIN_DELAY_MS,
-            fixed: false,
-        };
+        let mut pacer = PurgePacer::with_fixed(false);
         pacer.observe(Duration::from_millis(1000));
         assert_eq!(pacer.applied_ms, 1500);
         // Average 0.7 * 1.0 + 0.3 * 1.05 = 1.015 s: 1523 ms is within a tenth of 1500, kept.
@@ -180,11 +181,7 @@ mod tests {
 
     #[test]
     fn a_fixed_environment_setting_is_left_alone() {
-        let mut pacer = PurgePacer {
-            average_s: None,
-            applied_ms: MIN_DELAY_MS,
-            fixed: true,
-        };
+        let mut pacer = PurgePacer::with_fixed(true);
         pacer.observe(Duration::from_secs(2));
         assert_eq!(pacer.applied_ms, MIN_DELAY_MS);
     }
