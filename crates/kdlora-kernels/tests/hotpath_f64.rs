@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use kdlora_kernels::{dropout_mask_reference, gelu};
 
-#[path = "hotpath/closed_form.rs"]
+#[path = "integration/hotpath/closed_form.rs"]
 mod closed_form;
 use closed_form::{gelu64, values};
 

@@ -1,8 +1,10 @@
-//! Helpers shared by the test binaries: random problems built on the CPU, the reference forward and
+//! Helpers shared by the test modules: random problems built on the CPU, the reference forward and
 //! gradients computed by Burn's autodiff of plain ops (independent of the hand-written backward), and
 //! a tolerance check.
 
 #![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Distribution, Tensor, TensorData, backend::AutodiffBackend};
@@ -130,4 +132,11 @@ pub fn assert_outputs_close(actual: &Outputs, expected: &Outputs, tol: f32, what
     );
     assert_close(&actual.da, &expected.da, tol, &format!("{what}: dA"));
     assert_close(&actual.db, &expected.db, tol, &format!("{what}: dB"));
+}
+
+/// Tests that read or flip the process-wide fused switch (and the wgpu tests, which also share the
+/// device) run one at a time: every module of this binary shares the switch.
+pub fn fused_switch_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

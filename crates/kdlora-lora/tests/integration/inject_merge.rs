@@ -1,9 +1,8 @@
 //! Targeting, injection, counting and merging on a toy model (NdArray backend).
-mod common;
 
+use crate::common::{D, FF, LABELS, Toy, input, max_abs_diff, randomize_lora_b};
 use burn::backend::NdArray;
 use burn::module::Module;
-use common::{D, FF, LABELS, Toy, input, max_abs_diff, randomize_lora_b};
 use kdlora_lora::{
     LoraConfig, LoraError, LoraInit, TargetModules, count_params, inject, merge, merge_and_unload,
     plan, unmerge,

@@ -113,6 +113,7 @@ fn max_diff(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
 
 #[test]
 fn run_folder_adapter_gives_peft_logits() {
+    let _guard = crate::common::lock();
     let Some(shared) = shared() else { return };
     let e = expected();
     let run = run_copy(&shared);
@@ -191,6 +192,7 @@ fn logits_lines(stdout: &[u8]) -> Vec<Vec<f32>> {
 
 #[test]
 fn kdlora_logits_run_gives_peft_logits() {
+    let _guard = crate::common::lock();
     let Some(shared) = shared() else { return };
     let Some(bin) = kdlora_bin() else { return };
     let e = expected();

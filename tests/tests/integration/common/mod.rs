@@ -1,8 +1,5 @@
-//! Helpers shared by the end-to-end test binaries: where `../shared` is, run configs from key/value
+//! Helpers shared by the end-to-end test modules: where `../shared` is, run configs from key/value
 //! overrides, and the tiny SST-2 run most training tests use.
-
-// Each test binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -56,7 +53,8 @@ pub fn q(p: &Path) -> String {
     format!("{:?}", p.to_string_lossy())
 }
 
-/// Serialises the tests of one binary: Burn's ndarray RNG seed is process-wide.
+/// Serialises the end-to-end tests: they share one process, and Burn's CPU RNG seeds are
+/// process-wide (a LoRA init or model load in one test would change another's seeded run).
 pub fn lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,9 +1,8 @@
 //! PEFT adapter folders written and read on the toy model: round trip and bad input.
-mod common;
 
+use crate::common::{D, Toy, input, max_abs_diff, randomize_lora_b};
 use burn::backend::NdArray;
 use burn::module::Module;
-use common::{D, Toy, input, max_abs_diff, randomize_lora_b};
 use kdlora_lora::io::{HostTensor, read_safetensors, write_safetensors};
 use kdlora_lora::peft::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use kdlora_lora::{

@@ -9,8 +9,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, NdArray};
 use kdlora_train::{Engine, EpochRecord, NoProgress, RunConfig, RunMetrics, TrainError};
 
-mod common;
-use common::{load, lock, q, shared, tiny};
+use crate::common::{load, lock, q, shared, tiny};
 
 type B = Autodiff<NdArray<f32>>;
 type Inner = NdArray<f32>;
@@ -208,6 +207,7 @@ fn learner_engine_stops_on_non_finite_loss() {
 /// errors naming the key. Needs no models.
 #[test]
 fn engine_key_is_validated() {
+    let _guard = lock();
     let base = |extra: &[(&str, &str)]| {
         let mut pairs: Vec<(&str, String)> = vec![
             ("method", "\"lora\"".into()),

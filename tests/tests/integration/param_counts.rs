@@ -23,6 +23,7 @@ const MODELS: &[(&str, usize, usize, usize)] = &[
 
 #[test]
 fn models_built_from_config_have_the_published_parameter_counts() {
+    let _guard = crate::common::lock();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let device = Default::default();
     // One model at a time: the largest holds 184M parameters.

@@ -15,8 +15,7 @@ use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::tensor::Tensor;
 use kdlora_train::{NoProgress, RunMetrics};
 
-mod common;
-use common::{config, q, shared};
+use crate::common::{config, q, shared};
 
 type Cpu = Autodiff<NdArray<f32>>;
 type Gpu = Autodiff<Wgpu>;
@@ -102,6 +101,7 @@ fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn kd_lora_on_wgpu_matches_the_cpu_backend() {
+    let _guard = crate::common::lock();
     let Some(shared) = shared() else { return };
     if !wgpu_available() {
         return;

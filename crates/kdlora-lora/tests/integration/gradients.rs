@@ -1,12 +1,11 @@
 //! Only adapters (and the head, when trained) receive gradients and optimizer updates.
-mod common;
 
 use std::collections::BTreeSet;
 
+use crate::common::{Toy, input, randomize_lora_b, snapshot};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use common::{Toy, input, randomize_lora_b, snapshot};
 use kdlora_lora::{
     AdaptableModel, LoraConfig, TargetModules, count_params, count_trainable, inject,
 };

@@ -2,20 +2,17 @@
 //! autodiff of plain ops, the N-d helper, dropout with a fixed mask, the checked entry point and the
 //! switch that turns the fused path off.
 
-mod common;
+use crate::common;
 
-use std::sync::Mutex;
-
+use crate::common::{
+    Cpu, CpuAd, Problem, assert_close, assert_outputs_close, fused_outputs, fused_switch_lock,
+};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use common::{Cpu, CpuAd, Problem, assert_close, assert_outputs_close, fused_outputs};
 use kdlora_kernels::{
     KernelError, LoraGradRequest, LoraOps, fused_enabled, lora_delta_add,
     reference::{lora_backward_reference, lora_forward_reference},
     set_fused_enabled, try_lora_delta_add,
 };
-
-/// Tests that read or flip the process-wide fused switch run one at a time.
-static SWITCH: Mutex<()> = Mutex::new(());
 
 fn t2(d: &TensorData) -> Tensor<Cpu, 2> {
     Tensor::from_data(d.clone(), &Default::default())
@@ -114,7 +111,7 @@ fn reference_backward_matches_closed_form_entries() {
 
 #[test]
 fn custom_autodiff_backward_matches_autodiff_of_plain_ops() {
-    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = fused_switch_lock();
     set_fused_enabled(true);
     for &(tokens, d_in, d_out, rank) in &[(1, 3, 2, 1), (37, 29, 33, 4), (130, 70, 65, 8)] {
         let p = Problem::random(tokens, d_in, d_out, rank);
@@ -172,7 +169,7 @@ fn backward_skips_untracked_inputs() {
 
 #[test]
 fn three_d_input_is_flattened_into_tokens() {
-    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = fused_switch_lock();
     set_fused_enabled(true);
     let dev = Default::default();
     let u = Distribution::Uniform(-1.0, 1.0);
@@ -193,7 +190,7 @@ fn three_d_input_is_flattened_into_tokens() {
 
 #[test]
 fn dropout_mask_applied_before_the_op_matches_reference() {
-    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = fused_switch_lock();
     set_fused_enabled(true);
     let p = Problem::random(40, 24, 16, 4);
     let keep = 0.9f32;
@@ -243,7 +240,7 @@ fn dropout_mask_applied_before_the_op_matches_reference() {
 
 #[test]
 fn switch_off_uses_reference_and_gives_same_result() {
-    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = fused_switch_lock();
     let p = Problem::random(21, 13, 11, 4);
     set_fused_enabled(false);
     assert!(!fused_enabled());

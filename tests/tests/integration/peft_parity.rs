@@ -84,6 +84,7 @@ const VARIANTS: &[&str] = &["bert_lora", "bert_rslora", "distilbert_lora"];
 
 #[test]
 fn peft_adapters_give_peft_logits() {
+    let _guard = crate::common::lock();
     let device = Default::default();
     for variant in VARIANTS {
         let model = base(variant);
@@ -104,6 +105,7 @@ fn peft_adapters_give_peft_logits() {
 
 #[test]
 fn adapters_land_on_the_expected_modules() {
+    let _guard = crate::common::lock();
     let device = Default::default();
     let (model, cfg) = load_adapter(base("bert_lora"), &adapter_dir("bert_lora"), &device).unwrap();
     let mut adapted = Vec::new();
@@ -141,6 +143,7 @@ fn adapters_land_on_the_expected_modules() {
 
 #[test]
 fn merged_checkpoints_give_the_same_logits_after_reload() {
+    let _guard = crate::common::lock();
     let device = Default::default();
     for variant in VARIANTS {
         let (mut model, _) = load_adapter(base(variant), &adapter_dir(variant), &device).unwrap();
@@ -161,6 +164,7 @@ fn merged_checkpoints_give_the_same_logits_after_reload() {
 
 #[test]
 fn adapters_saved_by_kdlora_round_trip() {
+    let _guard = crate::common::lock();
     let device = Default::default();
     for variant in VARIANTS {
         let (model, cfg) = load_adapter(base(variant), &adapter_dir(variant), &device).unwrap();
@@ -197,6 +201,7 @@ fn adapters_saved_by_kdlora_round_trip() {
 
 #[test]
 fn injected_config_targets_the_same_modules_as_peft() {
+    let _guard = crate::common::lock();
     // kdlora's own injection with the fixture's settings adapts the modules PEFT adapted.
     let device = Default::default();
     let peft = kdlora_lora::PeftAdapterConfig::read(&adapter_dir("bert_lora")).unwrap();
@@ -219,6 +224,7 @@ fn injected_config_targets_the_same_modules_as_peft() {
 
 #[test]
 fn bad_adapters_are_clear_errors() {
+    let _guard = crate::common::lock();
     let device = Default::default();
     // A BERT adapter on DistilBERT: other module paths.
     let err =

@@ -1,8 +1,6 @@
 //! Logits and hidden states against transformers 4.46.3 (fixtures from tests/fixtures/make_parity.py).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kdlora_encoders::{LoadOptions, ProblemType, SequenceClassifier, WeightMap};
 use kdlora_lora::AdaptableModel;
 

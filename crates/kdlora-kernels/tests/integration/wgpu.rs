@@ -5,23 +5,21 @@
 //! Shapes are deliberately not multiples of the workgroup sizes (32x8, 64x4) and cover ranks 1 to 64;
 //! they are kept small because lavapipe is slow and the first launch compiles every kernel.
 
-mod common;
-
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
+use crate::common::{
+    Cpu, Problem, assert_close, assert_outputs_close, fused_outputs, fused_switch_lock,
+    reference_outputs,
+};
 use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
 use burn::backend::{Autodiff, Wgpu};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use common::{Cpu, Problem, assert_close, assert_outputs_close, fused_outputs, reference_outputs};
 use kdlora_kernels::{LoraOps, set_fused_enabled};
 
 /// The plain CubeCL backend, without burn's fusion layer.
 type Unfused = CubeBackend<WgpuRuntime, f32, i32, u32>;
-
-/// One test at a time: they share the device and the process-wide fused switch.
-static LOCK: Mutex<()> = Mutex::new(());
 
 const TOL: f32 = 1e-4;
 
@@ -71,10 +69,6 @@ fn vulkan_available() -> bool {
     })
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn to<B: burn::tensor::backend::Backend<Device = WgpuDevice>>(d: &TensorData) -> Tensor<B, 2> {
     Tensor::from_data(d.clone(), &WgpuDevice::default())
 }
@@ -92,7 +86,7 @@ fn forward<B: LoraOps<Device = WgpuDevice>>(p: &Problem) -> TensorData {
 
 #[test]
 fn unfused_cube_backend_forward_matches_reference() {
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }
@@ -110,7 +104,7 @@ fn unfused_cube_backend_forward_matches_reference() {
 
 #[test]
 fn fused_wgpu_forward_and_all_gradients_match_reference() {
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }
@@ -130,7 +124,7 @@ fn fused_wgpu_forward_and_all_gradients_match_reference() {
 
 #[test]
 fn unfused_autodiff_gradients_match_reference() {
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }
@@ -151,7 +145,7 @@ fn unfused_autodiff_gradients_match_reference() {
 #[test]
 fn base_output_shared_elsewhere_is_not_overwritten() {
     // The up-projection writes into base_out in place only when nothing else holds the buffer.
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }
@@ -171,7 +165,7 @@ fn base_output_shared_elsewhere_is_not_overwritten() {
 
 #[test]
 fn dropout_mask_and_switch_off_on_wgpu() {
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }
@@ -233,7 +227,7 @@ fn hot_path_outputs<B: LoraOps + burn::tensor::backend::AutodiffBackend>(
 
 #[test]
 fn gelu_and_softmax_nodes_on_wgpu_match_the_cpu_fast_path() {
-    let _g = lock();
+    let _g = fused_switch_lock();
     if !vulkan_available() {
         return;
     }

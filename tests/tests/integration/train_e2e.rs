@@ -10,8 +10,7 @@ use burn::backend::{Autodiff, Flex};
 use kdlora_glue::{GlueDataset, GlueTask, Label, Split};
 use kdlora_train::{EpochRecord, NoProgress, RunMetrics, TrainError};
 
-mod common;
-use common::{config, lock, q, shared, tiny};
+use crate::common::{config, lock, q, shared, tiny};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;

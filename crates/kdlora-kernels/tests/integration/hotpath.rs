@@ -1,9 +1,9 @@
 //! The encoder hot-path ops of `LoraOps` on both CPU backends (`Flex`, `NdArray`): exact GELU (forward
 //! and gradient) against closed forms, f64 `erf` and central finite differences; softmax against f64
 //! rows and finite differences; dropout masks (values, keep rate, seeding, gradients). The cases in
-//! `hotpath/cases.rs` run once per backend; the f64 checks of the plain-ops defaults are in `hotpath_f64.rs`.
+//! `hotpath/cases.rs` run once per backend; the f64 checks of the plain-ops defaults are in
+//! `tests/hotpath_f64.rs`, a binary of its own.
 
-#[path = "hotpath/closed_form.rs"]
 mod closed_form;
 
 mod flex {

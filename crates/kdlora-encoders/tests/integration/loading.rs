@@ -1,11 +1,9 @@
 //! Checkpoint loading edge cases: fresh heads, saving, and bad inputs (each a clear error, no panic).
 //! Broken checkpoints are built in a temporary folder from the good bert_cls3 fixture.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use kdlora_encoders::{
     EncoderError, LoadOptions, SequenceClassifier, StoredTensor, TensorProblem, TensorWriter,
     WeightMap,

@@ -1,0 +1,8 @@
+//! Integration tests of the `kdlora` binary, run as a subprocess. One binary for the crate (each
+//! test binary links all of Burn, so fewer binaries build faster and take less disk), one module
+//! per topic.
+
+mod bench;
+mod deberta_logits;
+mod logits;
+mod lora_cli;
