@@ -69,6 +69,64 @@ pub(crate) fn cdf(x: f32) -> f32 {
     if x <= 0.0 { half_tail } else { 1.0 - half_tail }
 }
 
+/// Lanes of the running reductions below: the widest vector (AVX-512) holds 16 `f32`.
+const LANES: usize = 16;
+
+/// `Σ x` with [`LANES`] independent partial sums. A single running sum is a serial chain of
+/// dependent adds that the compiler may not reorder (float addition is not associative), so such a
+/// loop, and anything fused into it, runs one element at a time; separate lanes vectorise. The
+/// order of additions is fixed, so the result is the same on every run.
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
+    }
+    acc.iter().sum()
+}
+
+/// `Σ x y`, with [`LANES`] partial sums as in [`lane_sum`].
+#[inline(always)]
+pub(crate) fn lane_dot(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let mut acc = [0.0f32; LANES];
+    let mut xs = x.chunks_exact(LANES);
+    let mut ys = y.chunks_exact(LANES);
+    for (cx, cy) in (&mut xs).zip(&mut ys) {
+        for ((a, &u), &v) in acc.iter_mut().zip(cx).zip(cy) {
+            *a = u.mul_add(v, *a);
+        }
+    }
+    for ((a, &u), &v) in acc.iter_mut().zip(xs.remainder()).zip(ys.remainder()) {
+        *a = u.mul_add(v, *a);
+    }
+    acc.iter().sum()
+}
+
+/// The largest element (`-inf` for an empty slice), with [`LANES`] partial maxima. A NaN element
+/// is skipped unless every element is NaN (like `f32::max`, whose NaN handling itself blocks
+/// vectorisation: the plain compare-and-select below maps to one vector max instruction).
+#[inline(always)]
+pub(crate) fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = if v > *a { v } else { *a };
+    }
+    acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// Defines a function whose body is compiled three times: for AVX-512, for AVX2 + FMA and for the
 /// baseline, the version picked at run time from the CPU's features. The `#[inline(always)]` math
 /// above inlines into each copy and vectorises 16, 8 or 4 lanes wide. (A closure handed to one
@@ -98,3 +156,58 @@ macro_rules! vectorized {
     };
 }
 pub(crate) use vectorized;
+
+#[cfg(test)]
+mod tests {
+    use super::{lane_dot, lane_max, lane_sum};
+
+    /// Deterministic values of mixed sign and magnitude.
+    fn values(n: usize, salt: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ salt).wrapping_mul(2_654_435_761) >> 8;
+                (h as f32 / (1u32 << 24) as f32 - 0.5) * 20.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lane_reductions_match_f64_at_every_length_and_remainder() {
+        for n in (0..70).chain([127, 128, 129, 1000]) {
+            let x = values(n, 1);
+            let y = values(n, 2);
+            let sum: f64 = x.iter().map(|&v| v as f64).sum();
+            let dot: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let abs: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let mag: f64 = x.iter().map(|&v| (v as f64).abs()).sum();
+            let tol = |scale: f64| 1e-6 * scale + 1e-6;
+            assert!(
+                (lane_sum(&x) as f64 - sum).abs() <= tol(mag),
+                "sum, n = {n}"
+            );
+            assert!(
+                (lane_dot(&x, &y) as f64 - dot).abs() <= tol(abs),
+                "dot, n = {n}"
+            );
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&x), max, "max, n = {n}");
+        }
+    }
+
+    #[test]
+    fn lane_max_skips_nan_and_keeps_infinities() {
+        let mut x = values(37, 3);
+        x[5] = f32::NAN;
+        x[20] = f32::NAN;
+        let expected = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(lane_max(&x), expected);
+        x[33] = f32::INFINITY;
+        assert_eq!(lane_max(&x), f32::INFINITY);
+        assert_eq!(lane_max(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
+        assert_eq!(lane_max(&[]), f32::NEG_INFINITY);
+    }
+}

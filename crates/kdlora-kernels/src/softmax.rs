@@ -148,13 +148,14 @@ pub(crate) fn autodiff_softmax_biased<B: LoraOps, C: CheckpointStrategy>(
 /// Softmax of one row in place (the CPU fast path).
 #[inline(always)]
 pub(crate) fn softmax_row_f32(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    use crate::simd::{exp, lane_max, lane_sum};
+    // Three passes over a row that sits in L1: each loop is free of loop-carried float chains, so
+    // `exp` runs a full vector of elements at a time.
+    let max = lane_max(row);
     for v in row.iter_mut() {
-        *v = crate::simd::exp(*v - max);
-        sum += *v;
+        *v = exp(*v - max);
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(row);
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -163,7 +164,7 @@ pub(crate) fn softmax_row_f32(row: &mut [f32]) {
 /// `dx = y (dy - Σ dy y)` for one row (the CPU fast path).
 #[inline(always)]
 pub(crate) fn softmax_backward_row_f32(dx: &mut [f32], y: &[f32], dy: &[f32]) {
-    let dot: f32 = y.iter().zip(dy).map(|(y, g)| y * g).sum();
+    let dot = crate::simd::lane_dot(y, dy);
     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
         *dx = y * (g - dot);
     }
