@@ -242,6 +242,30 @@ pub(crate) fn swap_middle(x: &[f32], [a, b, c, d]: [usize; 4]) -> Vec<f32> {
     })
 }
 
+/// The `[rows, cols]` matrix at `start` of `src` with element strides `[row_stride, col_stride]`,
+/// copied row-major. Tasks of 16 output rows: with a column-major source (`row_stride == 1`, a
+/// transposed view) each task reads 16 consecutive elements per column and keeps 16 output rows
+/// in cache.
+pub(crate) fn to_row_major(
+    src: &[f32],
+    start: isize,
+    [rows, cols]: [usize; 2],
+    [row_stride, col_stride]: [isize; 2],
+) -> Vec<f32> {
+    const TILE: usize = 16;
+    let cols = cols.max(1);
+    par_build(rows * cols, TILE * cols, |task, out| {
+        let first = (task * TILE) as isize;
+        let tile_rows = out.len() / cols;
+        for j in 0..cols {
+            let column = start + j as isize * col_stride;
+            for i in 0..tile_rows {
+                out[i * cols + j] = src[(column + (first + i as isize) * row_stride) as usize];
+            }
+        }
+    })
+}
+
 /// Whole rows per parallel task, about [`CHUNK`] elements.
 fn rows_per_task(row_len: usize) -> usize {
     (CHUNK / row_len).max(1)

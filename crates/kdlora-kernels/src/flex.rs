@@ -169,9 +169,28 @@ fn gemm_f32(lhs: &FlexTensor, rhs: &FlexTensor, batching: Batching) -> FlexTenso
     }
     let (ls, rs) = (ll.strides(), rl.strides());
     let (l_rows, l_cols) = (ls[rank - 2], ls[rank - 1]);
-    let (r_rows, r_cols) = (rs[rank - 2], rs[rank - 1]);
-    let (l_data, r_data) = (lhs.storage::<f32>(), rhs.storage::<f32>());
-    let (l_start, r_start) = (ll.start_offset() as isize, rl.start_offset() as isize);
+    let (l_data, l_start) = (lhs.storage::<f32>(), ll.start_offset() as isize);
+    // `gemm` packs the right operand's columns as contiguous runs only when its rows are contiguous;
+    // a transposed view (`dy @ W^T` in every linear's backward) is gathered one element at a time, in
+    // every batch entry's product. A shared one is copied row-major once, for all entries.
+    let rhs_copy;
+    let (r_data, r_start, r_rows, r_cols) =
+        if matches!(batching, Batching::SharedRhs) && batch > 1 && rs[rank - 1] != 1 {
+            rhs_copy = cpu::to_row_major(
+                rhs.storage::<f32>(),
+                rl.start_offset() as isize,
+                [k, n],
+                [rs[rank - 2], rs[rank - 1]],
+            );
+            (&rhs_copy[..], 0, n as isize, 1)
+        } else {
+            (
+                rhs.storage::<f32>(),
+                rl.start_offset() as isize,
+                rs[rank - 2],
+                rs[rank - 1],
+            )
+        };
 
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());

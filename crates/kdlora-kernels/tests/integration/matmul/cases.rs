@@ -60,6 +60,16 @@ fn a_shared_rhs_matches_f64_products() {
 }
 
 #[test]
+fn a_shared_transposed_rhs_matches_f64_products() {
+    // A linear's backward `dy @ W^T`: the weight as a transposed view, shared by 3 entries; 37 rows
+    // of W^T so the copy's 16-row tasks end with a partial one.
+    let a = random::<Cpu, 3>([3, 9, 37]);
+    let w = random::<Cpu, 3>([1, 11, 37]).swap_dims(1, 2); // [1, 37, 11], column-major
+    let want = product64(&values(a.clone()), &values(w.clone()), 3, 1, [9, 37, 11]);
+    assert_close(&values(matmul(a, w)), &want, 1e-5, "shared transposed");
+}
+
+#[test]
 fn strided_operands_use_their_logical_layout() {
     // Transposed and narrowed views, as attention's `k.swap_dims(2, 3)` and sliced inputs.
     let a = random::<Cpu, 4>([2, 7, 3, 5]).swap_dims(1, 2); // [2, 3, 7, 5], strided
