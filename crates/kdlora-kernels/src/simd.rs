@@ -2,8 +2,8 @@
 //! the widest vector unit the CPU has (chosen at run time: the crate itself targets baseline x86-64,
 //! where loops get 4-lane SSE2 at best and every `exp`/`erfc` is a scalar library call).
 //!
-//! Accuracy (checked in `tests/hotpath` against f64 on 23,001 points in [-13, 10]): GELU within a
-//! relative `2e-7 x² + 1e-6` (the `-x²/2` argument of `exp` carries f32 rounding that grows with
+//! Accuracy (checked in `tests/integration/hotpath` against f64 on 23,001 points in [-13, 10]): GELU
+//! within a relative `2e-7 x² + 1e-6` (the `-x²/2` argument of `exp` carries f32 rounding that grows with
 //! x²), its derivative within `2e-7 x² + 2e-6`, or 1e-7 absolute where `Φ + xφ` cancels.
 
 /// `e^a` for f32: `2^k e^r` with `|r| <= ln2 / 2` and a degree-7 Taylor polynomial for `e^r`.
