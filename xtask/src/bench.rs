@@ -197,8 +197,9 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         }
     }
     for device in &options.devices {
-        if !["cpu", "ndarray", "wgpu", "cuda"].contains(&device.as_str()) {
-            bail!("unknown device {device:?}; expected cpu, ndarray, wgpu or cuda");
+        // `candle` needs a kdlora binary built with `--features candle` (passed in KDLORA_BIN).
+        if !["cpu", "ndarray", "wgpu", "cuda", "candle"].contains(&device.as_str()) {
+            bail!("unknown device {device:?}; expected cpu, ndarray, wgpu, cuda or candle");
         }
     }
     let results = options
@@ -259,8 +260,12 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
                 // PyTorch runs on the CPU or CUDA; wgpu has no PyTorch counterpart here.
                 let theirs = (options.compare_torch && device != "wgpu").then(|| {
                     let mut cmd = Command::new(&options.python);
-                    // Both kdlora CPU backends compare against PyTorch's CPU.
-                    let torch_device = if device == "ndarray" { "cpu" } else { device };
+                    // Every kdlora CPU backend compares against PyTorch's CPU.
+                    let torch_device = if matches!(device.as_str(), "ndarray" | "candle") {
+                        "cpu"
+                    } else {
+                        device
+                    };
                     cmd.arg(&script).args(["--device", torch_device]);
                     common(&mut cmd);
                     measure(cmd, "pytorch")

@@ -23,6 +23,10 @@ pub enum DeviceArg {
     Wgpu,
     /// NVIDIA GPU through CUDA (needs the driver at run time, not at build time).
     Cuda,
+    /// CPU through Burn's candle backend (f32; feature `candle`, deprecated upstream): kept to measure
+    /// it against `cpu` (docs/results/bench).
+    #[cfg(feature = "candle")]
+    Candle,
 }
 
 /// Work that runs on any backend.
@@ -49,27 +53,35 @@ impl DeviceArg {
             Self::Ndarray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+            #[cfg(feature = "candle")]
+            Self::Candle => "candle",
         }
     }
 
     /// Runs `task` on the backend of this device.
+    #[cfg_attr(feature = "candle", allow(deprecated))] // candle: kept to measure it
     pub fn run<T: BackendTask>(self, task: T) -> anyhow::Result<T::Output> {
         match self {
             Self::Cpu => task.run::<Flex>(Default::default()),
             Self::Ndarray => task.run::<NdArray<f32>>(Default::default()),
             Self::Wgpu => on_gpu(self, || task.run::<Wgpu>(Default::default())),
             Self::Cuda => on_gpu(self, || task.run::<Cuda>(Default::default())),
+            #[cfg(feature = "candle")]
+            Self::Candle => task.run::<burn_candle::Candle<f32, i64>>(Default::default()),
         }
     }
 
     /// Runs `task` on the autodiff version of this device's backend.
     #[allow(dead_code)] // used by the training verbs
+    #[cfg_attr(feature = "candle", allow(deprecated))] // candle: kept to measure it
     pub fn run_autodiff<T: AutodiffTask>(self, task: T) -> anyhow::Result<T::Output> {
         match self {
             Self::Cpu => task.run::<Autodiff<Flex>>(Default::default()),
             Self::Ndarray => task.run::<Autodiff<NdArray<f32>>>(Default::default()),
             Self::Wgpu => on_gpu(self, || task.run::<Autodiff<Wgpu>>(Default::default())),
             Self::Cuda => on_gpu(self, || task.run::<Autodiff<Cuda>>(Default::default())),
+            #[cfg(feature = "candle")]
+            Self::Candle => task.run::<Autodiff<burn_candle::Candle<f32, i64>>>(Default::default()),
         }
     }
 }

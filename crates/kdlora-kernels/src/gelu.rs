@@ -44,6 +44,16 @@ pub fn gelu<B: LoraOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     )))
 }
 
+/// Exact GELU `x Φ(x)` from ordinary Burn ops (`erf`), for backends whose own `gelu` is not exact:
+/// Burn's candle backend maps it to candle's tanh approximation (logits off by ~1e-4 on BERT).
+pub fn gelu_reference<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let n = shape.num_elements();
+    let x = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())));
+    let cdf = (x.clone().mul_scalar(FRAC_1_SQRT_2).erf() + 1.0).mul_scalar(0.5);
+    B::float_reshape((x * cdf).into_primitive().tensor(), shape)
+}
+
 /// The exact GELU derivative applied to an output gradient, `grad (Φ(x) + x φ(x))`, from ordinary
 /// Burn ops: the default of [`LoraOps::exact_gelu_backward`] and the tests' reference.
 pub fn gelu_backward_reference<B: Backend>(

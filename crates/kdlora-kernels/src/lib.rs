@@ -58,6 +58,8 @@
 //! ```
 
 mod autodiff;
+#[cfg(feature = "candle")]
+mod candle;
 mod cpu;
 mod cube;
 mod dropout;
@@ -78,7 +80,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, ops::FloatTensor};
 
 pub use dropout::{Dropout, dropout, dropout_mask_reference};
-pub use gelu::{gelu, gelu_backward_reference};
+pub use gelu::{gelu, gelu_backward_reference, gelu_reference};
 pub use heads::swap_middle_dims;
 pub use matmul::{linear, matmul};
 pub use softmax::{softmax, softmax_backward_reference, softmax_with_bias};
@@ -199,7 +201,8 @@ pub trait LoraOps: Backend {
         None
     }
 
-    /// Exact (erf) GELU `x Φ(x)`, any shape; see [`gelu`]. Default: Burn's `gelu`. Under autodiff one
+    /// Exact (erf) GELU `x Φ(x)`, any shape; see [`gelu`]. Default: Burn's `gelu` (exact on every
+    /// backend but candle, which overrides this with [`gelu_reference`]). Under autodiff one
     /// graph node whose backward is [`exact_gelu_backward`](LoraOps::exact_gelu_backward).
     ///
     /// Not an adapter op either: the encoder's hot element-wise ops live here so the models stay

@@ -3,7 +3,7 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Shape, Tensor, TensorData, TensorPrimitive};
-use kdlora_kernels::{Dropout, LoraOps, dropout, gelu};
+use kdlora_kernels::{Dropout, LoraOps, dropout, gelu, gelu_reference};
 
 use super::closed_form::{close, gelu_grad64, gelu64, points, softmax64, values};
 
@@ -43,6 +43,24 @@ fn gelu_forward_matches_f64_erf_and_burn_on_every_point() {
             (y - b).abs() <= 2e-6 * e.abs().max(1.0),
             "x {x}: {y} vs burn {b}"
         );
+    }
+}
+
+/// The `erf` form from Burn ops (what the candle backend uses): shape kept, absolute error like
+/// Burn's own `1 + erf` form (the negative tail loses relative precision in f32).
+#[test]
+fn gelu_reference_matches_f64_erf_and_keeps_the_shape() {
+    let device = Default::default();
+    let xs = &points()[..23_000];
+    let x = Tensor::<Cpu, 1>::from_floats(xs, &device).reshape([1, 1, 11_500, 2]);
+    let shape = x.shape();
+    let y = Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(gelu_reference::<Cpu>(
+        x.into_primitive().tensor(),
+    )));
+    assert_eq!(y.shape(), shape);
+    for (&x, y) in xs.iter().zip(values(y)) {
+        let e = gelu64(x as f64);
+        assert!((y - e).abs() <= 2e-6 * e.abs().max(1.0), "x {x}: {y} vs {e}");
     }
 }
 
