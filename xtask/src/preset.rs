@@ -14,6 +14,9 @@ pub const METHODS: [&str; 3] = ["fft", "lora", "kd-lora"];
 /// `[grid.lora-student]` table.
 pub const LORA_STUDENT: &str = "lora-student";
 
+/// The grid key that overrides the preset's seeds for one method.
+const SEEDS_KEY: &str = "seeds";
+
 /// A preset file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +30,9 @@ pub struct Preset {
     /// RunConfig keys applied to every run.
     #[serde(default)]
     pub common: toml::Table,
-    /// Per method, RunConfig keys (dotted for nested tables) to lists of values.
+    /// Per method, RunConfig keys (dotted for nested tables) to lists of values; `seeds` (a list of
+    /// integers) instead replaces the preset's seeds for that method (e.g. one teacher, several
+    /// students).
     pub grid: BTreeMap<String, BTreeMap<String, Vec<toml::Value>>>,
 }
 
@@ -107,7 +112,30 @@ impl Preset {
                 );
             }
         }
+        for (method, grid) in &preset.grid {
+            if let Some(seeds) = grid.get(SEEDS_KEY) {
+                let valid = !seeds.is_empty()
+                    && seeds.iter().all(|v| v.as_integer().is_some_and(|i| i >= 0));
+                if !valid {
+                    bail!(
+                        "{}: [grid.{method}] seeds must be a non-empty list of non-negative integers",
+                        path.display()
+                    );
+                }
+            }
+        }
         Ok(preset)
+    }
+
+    /// The seeds a method runs with: its grid's `seeds` when given, else the preset's.
+    fn seeds_for(&self, method: &str) -> Vec<u64> {
+        match self.grid[method].get(SEEDS_KEY) {
+            Some(seeds) => seeds
+                .iter()
+                .filter_map(|v| v.as_integer().map(|i| i as u64))
+                .collect(),
+            None => self.seeds.clone(),
+        }
     }
 
     /// The methods this preset runs, in table order: FFT, LoRA, the LoRA-on-student ablation when
@@ -125,11 +153,14 @@ impl Preset {
     pub fn cells(&self, vars: &Vars) -> Result<Vec<Cell>> {
         let mut cells = Vec::new();
         for method in self.methods() {
-            let combos = expand(&self.grid[method]);
+            let mut grid = self.grid[method].clone();
+            grid.remove(SEEDS_KEY);
+            let combos = expand(&grid);
+            let seeds = self.seeds_for(method);
             for family in &self.families {
                 for task in &self.tasks {
                     for combo in &combos {
-                        for &seed in &self.seeds {
+                        for &seed in &seeds {
                             let model = if uses_student(method) {
                                 &family.student
                             } else {
@@ -353,6 +384,63 @@ lr = [1e-3]
         assert_eq!(lora.run_config["model"].as_str(), Some("/t"));
     }
 
+    const ONE_TEACHER_THREE_STUDENTS: &str = r#"
+description = "t"
+top_k = 1
+seeds = [1, 2, 3]
+[[families]]
+name = "F"
+teacher = "/t"
+student = "/s"
+[[tasks]]
+name = "sst2"
+data = "/glue"
+[grid.fft]
+seeds = [7]
+lr = [1e-4]
+[grid.lora]
+seeds = [7]
+lr = [1e-3]
+[grid.kd-lora]
+lr = [1e-3]
+"#;
+
+    #[test]
+    fn a_methods_seeds_replace_the_presets() {
+        let preset: Preset = toml::from_str(ONE_TEACHER_THREE_STUDENTS).unwrap();
+        let cells = preset.cells(&Vars::new(BTreeMap::new())).unwrap();
+        let seeds = |method: &str| {
+            cells
+                .iter()
+                .filter(|c| c.method == method)
+                .map(|c| c.seed)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seeds("fft"), [7]);
+        assert_eq!(seeds("lora"), [7]);
+        assert_eq!(seeds("kd-lora"), [1, 2, 3]);
+        let fft = cells.iter().find(|c| c.method == "fft").unwrap();
+        // `seeds` selects runs; it is not a run configuration key.
+        assert!(!fft.run_config.contains_key("seeds"));
+        assert_eq!(fft.run_config["seed"].as_integer(), Some(7));
+        assert_eq!(fft.config_id, "lr0.0001_s7");
+    }
+
+    #[test]
+    fn bad_method_seeds_are_rejected_naming_the_method() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["seeds = []", "seeds = [-1]", "seeds = [\"a\"]"] {
+            let path = dir.path().join("reproduce.toml");
+            std::fs::write(
+                &path,
+                ONE_TEACHER_THREE_STUDENTS.replace("seeds = [7]", bad),
+            )
+            .unwrap();
+            let err = format!("{:#}", Preset::load(&path).unwrap_err());
+            assert!(err.contains("[grid.fft] seeds"), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn unknown_variable_is_an_error() {
         let vars = Vars::new(BTreeMap::new());
@@ -363,7 +451,7 @@ lr = [1e-3]
     #[test]
     fn every_committed_preset_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for name in ["quick", "cpu", "paper"] {
+        for name in ["quick", "cpu", "paper", "cpu-distill"] {
             let preset = Preset::load(&root.join(format!("configs/{name}/reproduce.toml")))
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             let vars = Vars::new(BTreeMap::from([

@@ -39,14 +39,13 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("results").join(&options.preset));
     eprintln!(
-        "reproduce {}: {} ({} runs: {} families x {} tasks x {} methods, {} seed(s)) -> {}",
+        "reproduce {}: {} ({} runs: {} families x {} tasks x {} methods x their seeds) -> {}",
         options.preset,
         preset.description,
         cells.len(),
         preset.families.len(),
         preset.tasks.len(),
         preset.methods().len(),
-        preset.seeds.len(),
         results.display()
     );
     if options.dry_run {

@@ -215,6 +215,153 @@ pub fn table1_rows(preset: &Preset, results: &[CellResult]) -> Vec<Table1Row> {
     rows
 }
 
+/// Scores of every seed of one configuration: the best one (by mean over its seeds) of a table cell.
+#[derive(Debug, Serialize)]
+pub struct SeedScores {
+    pub family: String,
+    pub task: String,
+    pub method: String,
+    pub config: String,
+    /// `(seed, last-epoch dev score x100)`, by seed.
+    pub scores: Vec<(u64, f64)>,
+}
+
+impl SeedScores {
+    fn values(&self) -> Vec<f64> {
+        self.scores.iter().map(|&(_, v)| v).collect()
+    }
+}
+
+/// Mean and sample standard deviation (n - 1); the deviation is `None` for fewer than two values.
+pub fn mean_sd(values: &[f64]) -> Option<(f64, Option<f64>)> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let sd = (values.len() > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    Some((mean, sd))
+}
+
+/// For every family, task and method, the seeds of its best configuration (main rows, not MNLI-mm).
+pub fn seed_scores(preset: &Preset, results: &[CellResult]) -> Vec<SeedScores> {
+    let mut out = Vec::new();
+    for family in &preset.families {
+        for task in &preset.tasks {
+            for method in preset.methods() {
+                let mut by_config: BTreeMap<&str, Vec<(u64, f64)>> = BTreeMap::new();
+                for r in results.iter().filter(|r| {
+                    r.family == family.name && r.task == task.name && r.method == method
+                }) {
+                    if let Some(v) = r.score {
+                        by_config.entry(&r.config).or_default().push((r.seed, v));
+                    }
+                }
+                let best = by_config.into_iter().max_by(|a, b| {
+                    let mean =
+                        |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+                    mean(&a.1).total_cmp(&mean(&b.1))
+                });
+                if let Some((config, mut scores)) = best {
+                    scores.sort_by_key(|&(seed, _)| seed);
+                    out.push(SeedScores {
+                        family: family.name.clone(),
+                        task: task.name.clone(),
+                        method: method.to_string(),
+                        config: config.to_string(),
+                        scores,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Markdown section with the spread over seeds, when some cell ran more than one seed: mean +- sample
+/// standard deviation per method, and distillation's gain paired by seed (KD-LoRA minus LoRA on the
+/// student with the same seed: same data order and adapter initialisation, so the pairing removes the
+/// part of the noise both share).
+fn seed_section(preset: &Preset, family: &str, seeds: &[SeedScores]) -> Option<String> {
+    let fam: Vec<&SeedScores> = seeds.iter().filter(|s| s.family == family).collect();
+    if !fam.iter().any(|s| s.scores.len() > 1) {
+        return None;
+    }
+    let methods = preset.methods();
+    let paired = methods.contains(&LORA_STUDENT);
+    let mut md = String::new();
+    let names: Vec<&str> = methods.iter().map(|m| method_name(m)).collect();
+    let _ = writeln!(
+        md,
+        "Spread over seeds (best configuration of each cell): mean +- sample standard deviation (seeds).\n"
+    );
+    let _ = write!(md, "| task | {} |", names.join(" | "));
+    let _ = writeln!(
+        md,
+        "{}",
+        if paired {
+            " KD minus no KD, paired by seed |"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "|---|{}{}",
+        "---|".repeat(methods.len()),
+        if paired { "---|" } else { "" }
+    );
+    for task in &preset.tasks {
+        let find = |method: &str| {
+            fam.iter()
+                .find(|s| s.task == task.name && s.method == method)
+                .copied()
+        };
+        let cell = |values: &[f64]| match mean_sd(values) {
+            Some((mean, Some(sd))) => format!("{mean:.1} +- {sd:.1} ({})", values.len()),
+            Some((mean, None)) => format!("{mean:.1} (1)"),
+            None => "failed".into(),
+        };
+        let cells: Vec<String> = methods
+            .iter()
+            .map(|m| find(m).map_or("failed".into(), |s| cell(&s.values())))
+            .collect();
+        let star = if task.subset { "*" } else { "" };
+        let _ = write!(
+            md,
+            "| {}{star} | {} |",
+            row_name(&task.name),
+            cells.join(" | ")
+        );
+        if paired {
+            let diffs: Vec<f64> = match (find("kd-lora"), find(LORA_STUDENT)) {
+                (Some(kd), Some(plain)) => kd
+                    .scores
+                    .iter()
+                    .filter_map(|&(seed, v)| {
+                        plain
+                            .scores
+                            .iter()
+                            .find(|&&(s, _)| s == seed)
+                            .map(|&(_, p)| v - p)
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let text = match mean_sd(&diffs) {
+                Some((mean, Some(sd))) => format!("{mean:+.1} +- {sd:.1} ({})", diffs.len()),
+                Some((mean, None)) => format!("{mean:+.1} (1)"),
+                None => "n/a".into(),
+            };
+            let _ = write!(md, " {text} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Some(md)
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map_or("failed".into(), |v| format!("{v:.1}"))
 }
@@ -228,6 +375,7 @@ pub fn write_all(
     vars: &Vars,
 ) -> Result<()> {
     let rows = table1_rows(preset, results);
+    let seeds = seed_scores(preset, results);
     let with_paper = preset_name == "paper";
     let mut md = String::new();
     let _ = writeln!(md, "# Table 1: GLUE dev scores ({preset_name} preset)\n");
@@ -319,6 +467,9 @@ pub fn write_all(
             );
         }
         md.push('\n');
+        if let Some(section) = seed_section(preset, &family.name, &seeds) {
+            md.push_str(&section);
+        }
         let scores_json: serde_json::Map<String, Value> = methods
             .iter()
             .zip(&score)
@@ -359,6 +510,7 @@ pub fn write_all(
         "top_k": preset.top_k,
         "methods": preset.methods(),
         "table1": rows,
+        "seed_scores": seeds,
         "summary": summary,
         "table2": table2.rows,
         "runs": results,
@@ -607,6 +759,79 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_sample_sd_match_closed_forms() {
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, squared deviations sum to 32, sample variance 32 / 7.
+        let (mean, sd) = mean_sd(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
+        assert_eq!(mean, 5.0);
+        assert!((sd.unwrap() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_sd(&[3.0]), Some((3.0, None)));
+        assert_eq!(mean_sd(&[]), None);
+    }
+
+    fn result(task: &str, method: &str, config: &str, seed: u64, score: f64) -> CellResult {
+        CellResult {
+            family: "F".into(),
+            task: task.into(),
+            subset: false,
+            method: method.into(),
+            config: config.into(),
+            seed,
+            run_dir: PathBuf::from("/r"),
+            score: Some(score),
+            best_score: None,
+            score_mismatched: None,
+            peak_rss_mib: None,
+            device_memory_mib: None,
+            inference_seconds: None,
+            train_examples_per_second: None,
+            trainable_params: None,
+            total_params: None,
+        }
+    }
+
+    #[test]
+    fn seed_section_pairs_distillation_by_seed_and_uses_the_best_configuration() {
+        let preset: Preset = toml::from_str(
+            r#"
+description = "t"
+top_k = 1
+seeds = [1, 2, 3]
+[[families]]
+name = "F"
+teacher = "/t"
+student = "/s"
+[[tasks]]
+name = "sst2"
+data = "/glue"
+[grid.fft]
+seeds = [1]
+[grid.lora]
+seeds = [1]
+[grid.lora-student]
+[grid.kd-lora]
+"#,
+        )
+        .unwrap();
+        let mut results = vec![
+            result("sst2", "fft", "a", 1, 90.0),
+            result("sst2", "lora", "a", 1, 88.0),
+            // A worse configuration of the ablation must not be picked.
+            result("sst2", "lora-student", "bad", 1, 10.0),
+        ];
+        for (seed, plain, kd) in [(1, 80.0, 82.0), (2, 70.0, 73.0), (3, 75.0, 76.0)] {
+            results.push(result("sst2", "lora-student", "a", seed, plain));
+            results.push(result("sst2", "kd-lora", "a", seed, kd));
+        }
+        let seeds = seed_scores(&preset, &results);
+        let md = seed_section(&preset, "F", &seeds).unwrap();
+        // no KD: 80, 70, 75 -> 75 +- 5; KD: 82, 73, 76 -> 77 +- 4.58; paired 2, 3, 1 -> +2 +- 1.
+        assert!(md.contains("| SST-2 | 90.0 (1) | 88.0 (1) | 75.0 +- 5.0 (3) | 77.0 +- 4.6 (3) | +2.0 +- 1.0 (3) |"), "{md}");
+        // One seed everywhere: no section.
+        let single: Vec<CellResult> = results.into_iter().filter(|r| r.seed == 1).collect();
+        assert!(seed_section(&preset, "F", &seed_scores(&preset, &single)).is_none());
+    }
 
     #[test]
     fn median_of_top_k_matches_hand_computed_cases() {
