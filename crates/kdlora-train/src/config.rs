@@ -453,20 +453,28 @@ impl RunConfig {
     /// Expands `${NAME}` references in the path fields from the environment. `KDLORA_SHARED`
     /// defaults to `../shared` when unset, so configs can say `${KDLORA_SHARED}/models/...`.
     pub fn expand_paths(&mut self) -> Result<()> {
-        let expand = |key: &str, p: &Path| -> Result<PathBuf> {
-            let s = p.to_string_lossy();
-            expand_vars(&s)
-                .map(PathBuf::from)
-                .map_err(|m| TrainError::invalid(key, m))
-        };
-        self.model = expand("model", &self.model)?;
-        self.data = expand("data", &self.data)?;
-        self.out = expand("out", &self.out)?;
+        self.expand_inputs()?;
+        self.out = expand_path("out", &self.out)?;
         if let Some(t) = &self.teacher {
-            self.teacher = Some(expand("teacher", t)?);
+            self.teacher = Some(expand_path("teacher", t)?);
         }
         Ok(())
     }
+
+    /// Expands `${NAME}` in `model` and `data` only: what loading a finished run needs. A run folder
+    /// saved by `kdlora train` holds resolved paths; one written by hand (or made portable, as the
+    /// committed test fixture is) may say `${KDLORA_SHARED}/models/...`.
+    pub fn expand_inputs(&mut self) -> Result<()> {
+        self.model = expand_path("model", &self.model)?;
+        self.data = expand_path("data", &self.data)?;
+        Ok(())
+    }
+}
+
+fn expand_path(key: &str, p: &Path) -> Result<PathBuf> {
+    expand_vars(&p.to_string_lossy())
+        .map(PathBuf::from)
+        .map_err(|m| TrainError::invalid(key, m))
 }
 
 fn expand_vars(s: &str) -> std::result::Result<String, String> {
@@ -610,6 +618,30 @@ mod tests {
         let mut cfg = load(BASE, &[], &["data=\"${KDLORA_TEST_SURELY_UNSET_VAR}/x\""]).unwrap();
         let err = cfg.expand_paths().unwrap_err().to_string();
         assert!(err.contains("`data`"), "{err}");
+    }
+
+    #[test]
+    fn loading_a_run_expands_model_and_data_only() {
+        let mut cfg = load(
+            BASE,
+            &[],
+            &[
+                "model=\"${KDLORA_SHARED}/models/x\"",
+                "data=\"${KDLORA_SHARED}/glue\"",
+                "method=kd-lora",
+                // Not needed to load a run: an unset variable there must not stop it.
+                "teacher=\"${KDLORA_TEST_SURELY_UNSET_VAR}/t\"",
+            ],
+        )
+        .unwrap();
+        cfg.expand_inputs().unwrap();
+        let shared = std::env::var("KDLORA_SHARED").unwrap_or_else(|_| "../shared".into());
+        assert_eq!(cfg.model, PathBuf::from(format!("{shared}/models/x")));
+        assert_eq!(cfg.data, PathBuf::from(format!("{shared}/glue")));
+        assert_eq!(
+            cfg.teacher,
+            Some(PathBuf::from("${KDLORA_TEST_SURELY_UNSET_VAR}/t"))
+        );
     }
 
     #[test]

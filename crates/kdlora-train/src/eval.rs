@@ -87,7 +87,8 @@ pub fn load_model<B: LoraOps>(
         });
     }
     let run = RunDir::new(path);
-    let cfg = RunConfig::from_toml_file(&run.config())?;
+    let mut cfg = RunConfig::from_toml_file(&run.config())?;
+    cfg.expand_inputs()?;
     let task = cfg.glue_task()?;
     let options = LoadOptions::default()
         .with_num_labels(task.num_labels())

@@ -59,8 +59,8 @@ fn expected() -> Expected {
     }
 }
 
-/// A copy of the committed run folder whose config.toml names the real shared folder (run
-/// folders store resolved paths; the fixture stores `${KDLORA_SHARED}`).
+/// A copy of the committed run folder whose config.toml names the real shared folder, as a run
+/// folder saved by `kdlora train` does (resolved paths; the fixture stores `${KDLORA_SHARED}`).
 fn run_copy(shared: &Path) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let shared = std::fs::canonicalize(shared).unwrap();
@@ -227,6 +227,26 @@ fn kdlora_logits_run_gives_peft_logits() {
     let got = logits_lines(&out.stdout);
     let d = max_diff(&got, &e.logits);
     eprintln!("kdlora logits --run --input: max |kdlora - PEFT| = {d:.2e}");
+    assert!(d <= TOL, "max |kdlora - PEFT| = {d}");
+
+    // The committed folder itself, in place: its config.toml says `${KDLORA_SHARED}/models/...`,
+    // which loading a run expands from the environment.
+    let out = Command::new(&bin)
+        .arg("logits")
+        .arg("--run")
+        .arg(fixture())
+        .arg("--input")
+        .arg(&input)
+        .env("KDLORA_SHARED", &shared)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = max_diff(&logits_lines(&out.stdout), &e.logits);
+    eprintln!("kdlora logits --run <fixture in place>: max |kdlora - PEFT| = {d:.2e}");
     assert!(d <= TOL, "max |kdlora - PEFT| = {d}");
 
     // --text tokenises with the base model's tokenizer.json, truncated to the run's max_len as its
