@@ -138,8 +138,7 @@ fn paper_column(method: &str) -> Option<usize> {
 pub fn median_of_top_k(scores_by_config: &BTreeMap<String, Vec<f64>>, top_k: usize) -> Option<f64> {
     let mut means: Vec<f64> = scores_by_config
         .values()
-        .filter(|v| !v.is_empty())
-        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        .filter_map(|v| mean_sd(v).map(|(mean, _)| mean))
         .collect();
     means.sort_by(|a, b| b.total_cmp(a));
     means.truncate(top_k);
@@ -258,11 +257,14 @@ pub fn seed_scores(preset: &Preset, results: &[CellResult]) -> Vec<SeedScores> {
                         by_config.entry(&r.config).or_default().push((r.seed, v));
                     }
                 }
-                let best = by_config.into_iter().max_by(|a, b| {
-                    let mean =
-                        |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
-                    mean(&a.1).total_cmp(&mean(&b.1))
-                });
+                // Same ranking as the table cell: configurations by their mean over seeds.
+                let mean = |s: &[(u64, f64)]| {
+                    let values: Vec<f64> = s.iter().map(|&(_, v)| v).collect();
+                    mean_sd(&values).map_or(f64::NEG_INFINITY, |(mean, _)| mean)
+                };
+                let best = by_config
+                    .into_iter()
+                    .max_by(|a, b| mean(&a.1).total_cmp(&mean(&b.1)));
                 if let Some((config, mut scores)) = best {
                     scores.sort_by_key(|&(seed, _)| seed);
                     out.push(SeedScores {

@@ -48,10 +48,8 @@ pub fn gelu<B: LoraOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// Burn's candle backend maps it to candle's tanh approximation (logits off by ~1e-4 on BERT).
 pub fn gelu_reference<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let shape = x.shape();
-    let n = shape.num_elements();
-    let x = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())));
-    let cdf = (x.clone().mul_scalar(FRAC_1_SQRT_2).erf() + 1.0).mul_scalar(0.5);
-    B::float_reshape((x * cdf).into_primitive().tensor(), shape)
+    let x = flat::<B>(x);
+    B::float_reshape((x.clone() * normal_cdf(x)).into_primitive().tensor(), shape)
 }
 
 /// The exact GELU derivative applied to an output gradient, `grad (Φ(x) + x φ(x))`, from ordinary
@@ -60,20 +58,27 @@ pub fn gelu_backward_reference<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    // Element-wise: work on flat views so any rank goes through the same 1-D tensor code.
     let shape = x.shape();
-    let n = shape.num_elements();
-    let x = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())));
-    let grad =
-        Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(grad, [n].into())));
-    let cdf = (x.clone().mul_scalar(FRAC_1_SQRT_2).erf() + 1.0).mul_scalar(0.5);
+    let (x, grad) = (flat::<B>(x), flat::<B>(grad));
     let pdf = x
         .clone()
         .powi_scalar(2)
         .mul_scalar(-0.5)
         .exp()
         .mul_scalar(FRAC_1_SQRT_2PI);
+    let cdf = normal_cdf(x.clone());
     B::float_reshape((grad * (cdf + x * pdf)).into_primitive().tensor(), shape)
+}
+
+/// Element-wise ops work on a flat view so any rank goes through the same 1-D tensor code.
+fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = x.shape().num_elements();
+    Tensor::from_primitive(TensorPrimitive::Float(B::float_reshape(x, [n].into())))
+}
+
+/// `Φ(x) = (1 + erf(x / √2)) / 2`.
+fn normal_cdf<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
+    (x.mul_scalar(FRAC_1_SQRT_2).erf() + 1.0).mul_scalar(0.5)
 }
 
 #[derive(Debug)]

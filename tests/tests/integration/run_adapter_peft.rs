@@ -190,6 +190,27 @@ fn logits_lines(stdout: &[u8]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// `kdlora logits --run <run> <args>` (with `env` set), asserting success; its logits per line.
+fn run_logits(
+    bin: &Path,
+    run: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &Path)],
+) -> Vec<Vec<f32>> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("logits").arg("--run").arg(run).args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    logits_lines(&out.stdout)
+}
+
 #[test]
 fn kdlora_logits_run_gives_peft_logits() {
     let _guard = crate::common::lock();
@@ -211,41 +232,16 @@ fn kdlora_logits_run_gives_peft_logits() {
         })
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(&bin)
-        .arg("logits")
-        .arg("--run")
-        .arg(run.path())
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = logits_lines(&out.stdout);
+    let input_args = [std::ffi::OsStr::new("--input"), input.as_os_str()];
+    let got = run_logits(&bin, run.path(), &input_args, &[]);
     let d = max_diff(&got, &e.logits);
     eprintln!("kdlora logits --run --input: max |kdlora - PEFT| = {d:.2e}");
     assert!(d <= TOL, "max |kdlora - PEFT| = {d}");
 
     // The committed folder itself, in place: its config.toml says `${KDLORA_SHARED}/models/...`,
     // which loading a run expands from the environment.
-    let out = Command::new(&bin)
-        .arg("logits")
-        .arg("--run")
-        .arg(fixture())
-        .arg("--input")
-        .arg(&input)
-        .env("KDLORA_SHARED", &shared)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d = max_diff(&logits_lines(&out.stdout), &e.logits);
+    let got = run_logits(&bin, &fixture(), &input_args, &[("KDLORA_SHARED", &shared)]);
+    let d = max_diff(&got, &e.logits);
     eprintln!("kdlora logits --run <fixture in place>: max |kdlora - PEFT| = {d:.2e}");
     assert!(d <= TOL, "max |kdlora - PEFT| = {d}");
 
@@ -253,20 +249,11 @@ fn kdlora_logits_run_gives_peft_logits() {
     // evaluation does; unpadded, so the sentences shorter than the batch check that padding is
     // masked out, and the longest one (truncated by PEFT's tokenizer call too) checks truncation.
     for (i, sentence) in e.sentences.iter().enumerate() {
-        let out = Command::new(&bin)
-            .arg("logits")
-            .arg("--run")
-            .arg(run.path())
-            .arg("--text")
-            .arg(sentence)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = logits_lines(&out.stdout);
+        let text_args = [
+            std::ffi::OsStr::new("--text"),
+            std::ffi::OsStr::new(sentence),
+        ];
+        let got = run_logits(&bin, run.path(), &text_args, &[]);
         let d = max_diff(&got, &e.logits[i..=i]);
         eprintln!("kdlora logits --run --text {sentence:?}: max |kdlora - PEFT| = {d:.2e}");
         assert!(d <= TOL, "{sentence:?}: max |kdlora - PEFT| = {d}");
