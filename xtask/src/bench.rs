@@ -87,7 +87,7 @@ fn resolve_model(name: &str, root: &Path, shared: &Path) -> ModelSpec {
 }
 
 /// Runs one measuring process and parses the JSON object on its last stdout line.
-fn measure(mut cmd: Command, label: &str) -> Result<Value> {
+pub(crate) fn measure(mut cmd: Command, label: &str) -> Result<Value> {
     let started = Instant::now();
     let output = cmd
         .stdin(Stdio::null())

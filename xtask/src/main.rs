@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod compare_torch;
 mod paper;
+mod paper_shapes;
 mod params;
 mod preset;
 mod reproduce;
@@ -32,6 +34,29 @@ enum Task {
         /// Print the grid without running it.
         #[arg(long)]
         dry_run: bool,
+        /// Leave out Table 2 at the paper's model shapes (presets with `[paper_shapes]`: cpu, paper).
+        #[arg(long)]
+        skip_paper_shapes: bool,
+        /// Measure only Table 2 at the paper's model shapes (no training grid).
+        #[arg(long, conflicts_with = "skip_paper_shapes")]
+        paper_shapes_only: bool,
+        /// Run only these tasks of the preset (e.g. cola,mrpc,stsb,rte).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Option<Vec<String>>,
+        /// Run every method with these seeds instead of the preset's (e.g. 42,43,44).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
+        /// Also train every cell's first seed in PyTorch + transformers + PEFT
+        /// (bench/torch_recipe.py, reading each kdlora run's config.toml) and write
+        /// compare-torch.md beside the tables.
+        #[arg(long)]
+        compare_torch: bool,
+        /// Python for --compare-torch (default: .venv-bench/bin/python when it exists, else python3).
+        #[arg(long, env = "KDLORA_TORCH_PYTHON")]
+        python: Option<String>,
+        /// Create or update .venv-bench with the pinned versions (bench/setup-torch-venv.sh) first.
+        #[arg(long)]
+        setup_python: bool,
     },
     /// Throughput and peak memory of training (fft, lora, kd-lora) and inference, per model and
     /// device, optionally against PyTorch + PEFT (bench/torch_reference.py) in the same run.
@@ -85,11 +110,38 @@ enum Task {
     },
 }
 
+/// The Python of the PyTorch side: `--python`, else the project's venv, created first when asked.
+fn torch_python(root: &Path, python: Option<String>, setup: bool) -> Result<String> {
+    let venv = root.join(".venv-bench");
+    if setup {
+        let status = Command::new("bash")
+            .arg(root.join("bench/setup-torch-venv.sh"))
+            .arg(&venv)
+            .status()
+            .context("running bench/setup-torch-venv.sh")?;
+        if !status.success() {
+            bail!("bench/setup-torch-venv.sh failed ({status})");
+        }
+    }
+    if let Some(python) = python {
+        return Ok(python);
+    }
+    let venv_python = venv.join("bin/python");
+    Ok(if venv_python.is_file() {
+        venv_python.display().to_string()
+    } else {
+        eprintln!(
+            "note: no .venv-bench; using python3 (pass --setup-python to install the pinned torch, transformers and peft)"
+        );
+        "python3".into()
+    })
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Preset {
     /// The paper's three families on all GLUE tasks (GPU).
     Paper,
-    /// The ../shared MiniLM pair on GLUE (this 2-core CPU, under an hour).
+    /// The ../shared MiniLM pair on GLUE at the paper's recipe (this 2-core CPU, about 75 minutes).
     Cpu,
     /// Two small tasks, one epoch (minutes).
     Quick,
@@ -130,15 +182,38 @@ fn main() -> Result<()> {
             preset,
             results,
             dry_run,
-        } => reproduce::run(
-            &root,
-            &shared_dir(&root),
-            &reproduce::Options {
-                preset: preset.name().to_string(),
-                results,
-                dry_run,
-            },
-        ),
+            skip_paper_shapes,
+            paper_shapes_only,
+            tasks,
+            seeds,
+            compare_torch,
+            python,
+            setup_python,
+        } => {
+            let compare_torch = if compare_torch {
+                Some(compare_torch::TorchOptions {
+                    python: torch_python(&root, python, setup_python)?,
+                    threads: None,
+                })
+            } else {
+                None
+            };
+            reproduce::run(
+                &root,
+                &shared_dir(&root),
+                &reproduce::Options {
+                    preset: preset.name().to_string(),
+                    results,
+                    dry_run,
+                    skip_paper_shapes,
+                    paper_shapes_only,
+                    kdlora: None,
+                    tasks,
+                    seeds,
+                    compare_torch,
+                },
+            )
+        }
         Task::Fixtures { python } => fixtures(&root, &python),
         Task::Bench {
             compare_torch,

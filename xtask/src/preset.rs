@@ -34,6 +34,9 @@ pub struct Preset {
     /// integers) instead replaces the preset's seeds for that method (e.g. one teacher, several
     /// students).
     pub grid: BTreeMap<String, BTreeMap<String, Vec<toml::Value>>>,
+    /// Also measure Table 2 at the paper's model shapes (fresh weights) after the grid.
+    #[serde(default)]
+    pub paper_shapes: Option<crate::paper_shapes::PaperShapes>,
 }
 
 /// A model family: teacher-size model (FFT and LoRA baselines) and its student (KD-LoRA).
@@ -54,6 +57,11 @@ pub struct TaskEntry {
     /// Validation rows come from a labelled subset of the train split (not comparable to GLUE dev).
     #[serde(default)]
     pub subset: bool,
+    /// RunConfig keys for this task's runs only (dotted for nested tables), applied over `common`
+    /// and under the method grid: a longer `max_len` for a task of long pairs, a train-row cap for
+    /// a large task.
+    #[serde(default)]
+    pub set: toml::Table,
 }
 
 /// One training run of the grid.
@@ -127,6 +135,40 @@ impl Preset {
         Ok(preset)
     }
 
+    /// Runs every method with `seeds` (replacing the preset's and each method's own).
+    pub fn override_seeds(&mut self, seeds: &[u64]) -> Result<()> {
+        if seeds.is_empty() {
+            bail!("--seeds needs at least one seed");
+        }
+        self.seeds = seeds.to_vec();
+        for grid in self.grid.values_mut() {
+            grid.remove(SEEDS_KEY);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the named tasks (an error names any the preset does not have).
+    pub fn keep_tasks(&mut self, names: &[String]) -> Result<()> {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|n| !self.tasks.iter().any(|t| &t.name == *n))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "--tasks: the preset has no task {} (it has {})",
+                unknown.join(", "),
+                self.tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        self.tasks.retain(|t| names.contains(&t.name));
+        Ok(())
+    }
+
     /// The seeds a method runs with: its grid's `seeds` when given, else the preset's.
     fn seeds_for(&self, method: &str) -> Vec<u64> {
         match self.grid[method].get(SEEDS_KEY) {
@@ -173,6 +215,9 @@ impl Preset {
                                 method
                             };
                             let mut table = self.common.clone();
+                            for (key, value) in &task.set {
+                                set_dotted(&mut table, key, value.clone());
+                            }
                             table.insert("method".into(), recipe.into());
                             table.insert("task".into(), task.name.clone().into());
                             table.insert("model".into(), vars.expand(model)?.into());
@@ -197,6 +242,11 @@ impl Preset {
         }
         Ok(cells)
     }
+}
+
+/// Whether a method distils from a teacher run (KD-LoRA).
+pub fn uses_teacher(method: &str) -> bool {
+    method == "kd-lora"
 }
 
 /// Whether a method trains the student model (KD-LoRA and the LoRA-on-student ablation).
@@ -343,6 +393,76 @@ lr = [5e-4]
         let ids: std::collections::BTreeSet<_> =
             cells.iter().map(|c| c.run_dir(Path::new("/r"))).collect();
         assert_eq!(ids.len(), cells.len(), "run folders are unique");
+    }
+
+    #[test]
+    fn a_tasks_own_keys_override_common_and_yield_to_the_grid() {
+        let preset: Preset = toml::from_str(
+            r#"
+description = "t"
+top_k = 1
+seeds = [1]
+[[families]]
+name = "F"
+teacher = "/t"
+student = "/s"
+[[tasks]]
+name = "rte"
+data = "/glue"
+set = { max_len = 128, "lora.dropout" = 0.1, lr = 1.0 }
+[[tasks]]
+name = "cola"
+data = "/glue"
+[common]
+max_len = 64
+[grid.fft]
+lr = [2e-5]
+[grid.lora]
+[grid.kd-lora]
+"#,
+        )
+        .unwrap();
+        let cells = preset.cells(&Vars::new(BTreeMap::new())).unwrap();
+        let find = |task: &str, method: &str| {
+            cells
+                .iter()
+                .find(|c| c.task == task && c.method == method)
+                .unwrap()
+        };
+        let rte = &find("rte", "fft").run_config;
+        assert_eq!(rte["max_len"].as_integer(), Some(128));
+        assert_eq!(rte["lora"]["dropout"].as_float(), Some(0.1));
+        assert_eq!(
+            rte["lr"].as_float(),
+            Some(2e-5),
+            "the grid wins over the task"
+        );
+        assert_eq!(find("rte", "lora").run_config["lr"].as_float(), Some(1.0));
+        assert_eq!(
+            find("cola", "fft").run_config["max_len"].as_integer(),
+            Some(64)
+        );
+    }
+
+    #[test]
+    fn seeds_and_tasks_can_be_overridden_from_the_command_line() {
+        let mut preset: Preset = toml::from_str(ONE_TEACHER_THREE_STUDENTS).unwrap();
+        preset.override_seeds(&[7, 8]).unwrap();
+        let cells = preset.cells(&Vars::new(BTreeMap::new())).unwrap();
+        assert!(cells.iter().all(|c| c.seed == 7 || c.seed == 8));
+        assert_eq!(
+            cells.iter().filter(|c| c.method == "fft").count(),
+            2 * preset.tasks.len()
+        );
+        assert!(preset.override_seeds(&[]).is_err());
+        let first = preset.tasks[0].name.clone();
+        let err = preset.keep_tasks(&["nope".into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("no task nope") && err.contains(&first),
+            "{err}"
+        );
+        preset.keep_tasks(std::slice::from_ref(&first)).unwrap();
+        assert_eq!(preset.tasks.len(), 1);
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub struct Options {
     pub results: Option<PathBuf>,
     /// Only print the grid.
     pub dry_run: bool,
+    /// Leave out the preset's Table 2 at the paper's model shapes.
+    pub skip_paper_shapes: bool,
+    /// Measure only the preset's Table 2 at the paper's model shapes (no training grid).
+    pub paper_shapes_only: bool,
+    /// A built `kdlora` binary to run (default: `KDLORA_BIN`, else built with cargo).
+    pub kdlora: Option<PathBuf>,
+    /// Run only these tasks of the preset.
+    pub tasks: Option<Vec<String>>,
+    /// Run every method with these seeds instead of the preset's.
+    pub seeds: Option<Vec<u64>>,
+    /// Also run the same cells in PyTorch + PEFT and write `compare-torch.md`.
+    pub compare_torch: Option<crate::compare_torch::TorchOptions>,
 }
 
 pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
@@ -23,7 +35,32 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         .join("configs")
         .join(&options.preset)
         .join("reproduce.toml");
-    let preset = Preset::load(&preset_path)?;
+    let mut preset = Preset::load(&preset_path)?;
+    if let Some(tasks) = &options.tasks {
+        preset.keep_tasks(tasks)?;
+    }
+    if let Some(seeds) = &options.seeds {
+        preset.override_seeds(seeds)?;
+    }
+    if options.paper_shapes_only {
+        let Some(shapes) = &preset.paper_shapes else {
+            bail!("{} has no [paper_shapes] section", preset_path.display());
+        };
+        let results = options
+            .results
+            .clone()
+            .unwrap_or_else(|| root.join("results").join(&options.preset));
+        let kdlora = match &options.kdlora {
+            Some(bin) => bin.clone(),
+            None => build_cli(root)?,
+        };
+        return crate::paper_shapes::run(root, &kdlora, shapes, &results);
+    }
+    run_preset(root, shared, options, &preset)
+}
+
+/// [`run`] for a preset already loaded (`options.preset` names it in the outputs).
+pub fn run_preset(root: &Path, shared: &Path, options: &Options, preset: &Preset) -> Result<()> {
     let vars = Vars::new(BTreeMap::from([
         ("KDLORA_SHARED".to_string(), shared.display().to_string()),
         (
@@ -57,7 +94,10 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         }
         return Ok(());
     }
-    let kdlora = build_cli(root)?;
+    let kdlora = match &options.kdlora {
+        Some(bin) => bin.clone(),
+        None => build_cli(root)?,
+    };
     let grid_dir = results.join("grid");
     std::fs::create_dir_all(&grid_dir)
         .with_context(|| format!("creating {}", grid_dir.display()))?;
@@ -143,7 +183,7 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         eprintln!("{label}: done in {seconds:.0} s");
         outcomes.push(CellResult::load(cell, &run_dir)?);
     }
-    tables::write_all(&results, &options.preset, &preset, &outcomes, &vars)?;
+    tables::write_all(&results, &options.preset, preset, &outcomes, &vars)?;
     eprintln!(
         "reproduce {}: {} runs in {:.1} min; tables in {}",
         options.preset,
@@ -151,6 +191,33 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0,
         results.display()
     );
+    let shapes_failed = match &preset.paper_shapes {
+        Some(shapes) if !options.skip_paper_shapes => {
+            paper_shapes_if_changed(root, &kdlora, shapes, &results).err()
+        }
+        _ => None,
+    };
+    eprintln!(
+        "reproduce {}: finished in {:.1} min",
+        options.preset,
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if let Some(e) = shapes_failed {
+        failures.push(format!("{e:#}"));
+    }
+    if let Some(torch) = &options.compare_torch
+        && let Err(e) = crate::compare_torch::run(
+            root,
+            &results,
+            &options.preset,
+            preset,
+            &cells,
+            &outcomes,
+            torch,
+        )
+    {
+        failures.push(format!("{e:#}"));
+    }
     if !failures.is_empty() {
         bail!(
             "{} run(s) failed; the tables mark them. Rerun the same command to retry them:\n  {}",
@@ -159,6 +226,30 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Table 2 at the paper's shapes, unless an earlier run measured it with the same settings.
+fn paper_shapes_if_changed(
+    root: &Path,
+    kdlora: &Path,
+    shapes: &crate::paper_shapes::PaperShapes,
+    results: &Path,
+) -> Result<()> {
+    let json = results.join("table2-paper-shapes.json");
+    let earlier = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let same = earlier.as_ref().is_some_and(|v| {
+        v["shapes"] == serde_json::to_value(shapes).unwrap_or_default()
+            && v["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().all(|r| r["error"].is_null()))
+    });
+    if same {
+        eprintln!("paper shapes: measured earlier with the same settings, reused");
+        return Ok(());
+    }
+    crate::paper_shapes::run(root, kdlora, shapes, results)
 }
 
 fn eta(ran: &[f64], remaining: usize) -> String {
@@ -254,19 +345,18 @@ pub(crate) fn build_cli(root: &Path) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    /// The `quick` preset end to end: six real training runs through the `kdlora` binary, then the
-    /// tables. Skips when the shared models/data or the binary are absent.
-    #[test]
-    fn quick_preset_produces_every_output_with_sane_content() {
+    /// The workspace root, `../shared` and the `kdlora` binary `cargo test --workspace` built;
+    /// `None` (with the reason printed) when the shared models or the binary are absent.
+    fn inputs() -> Option<(PathBuf, PathBuf, PathBuf)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let shared = std::env::var_os("KDLORA_SHARED")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("../shared"));
         if !shared.join("models/all-MiniLM-L6-v2").is_dir() {
             eprintln!("skipped: no shared models at {}", shared.display());
-            return;
+            return None;
         }
-        // target/debug/deps/xtask-HASH -> target/debug/kdlora, built by `cargo test --workspace`.
+        // target/debug/deps/xtask-HASH -> target/debug/kdlora.
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().and_then(Path::parent).unwrap().join("kdlora");
         if !bin.is_file() {
@@ -274,10 +364,111 @@ mod tests {
                 "skipped: {} not built (run `cargo test --workspace`)",
                 bin.display()
             );
-            return;
+            return None;
         }
-        // SAFETY: no other test of this binary reads or writes the environment.
-        unsafe { std::env::set_var("KDLORA_BIN", &bin) };
+        Some((root, shared, bin))
+    }
+
+    /// MNLI with both dev sets (a small fixture cut from the shared MNLI subset, laid out as the
+    /// HF `glue` files): every run scores both, `metrics.json` carries both through the shared
+    /// schema, and Table 1 gets the MNLI-m and MNLI-mm rows with their majority baselines.
+    #[test]
+    fn mnli_is_scored_on_matched_and_mismatched_dev_sets_end_to_end() {
+        let Some((root, shared, bin)) = inputs() else {
+            return;
+        };
+        let data = tempfile::tempdir().unwrap();
+        let mnli = data.path().join("mnli");
+        std::fs::create_dir_all(&mnli).unwrap();
+        let lines = |file: &str| -> Vec<String> {
+            std::fs::read_to_string(shared.join("glue-subsets/mnli").join(file))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        };
+        let (train, dev) = (lines("train.jsonl"), lines("validation.jsonl"));
+        std::fs::write(mnli.join("train.jsonl"), train[..48].join("\n")).unwrap();
+        std::fs::write(mnli.join("validation_matched.jsonl"), dev[..24].join("\n")).unwrap();
+        std::fs::write(
+            mnli.join("validation_mismatched.jsonl"),
+            dev[24..40].join("\n"),
+        )
+        .unwrap();
+        let preset: Preset = toml::from_str(&format!(
+            r#"
+description = "MNLI fixture"
+top_k = 1
+seeds = [1]
+[[families]]
+name = "MiniLM"
+teacher = "${{KDLORA_SHARED}}/models/all-MiniLM-L6-v2"
+student = "${{KDLORA_SHARED}}/models/paraphrase-MiniLM-L3-v2"
+[[tasks]]
+name = "mnli"
+data = "{}"
+[common]
+epochs = 1
+max_len = 32
+inference_passes = 0
+[common.lora]
+modules_to_save = ["classifier", "pooler"]
+[grid.fft]
+lr = [5e-5]
+[grid.lora]
+lr = [5e-4]
+[grid.kd-lora]
+lr = [5e-4]
+"#,
+            data.path().display()
+        ))
+        .unwrap();
+        let results = tempfile::tempdir().unwrap();
+        let options = Options {
+            preset: "mnli-fixture".into(),
+            results: Some(results.path().to_path_buf()),
+            dry_run: false,
+            skip_paper_shapes: true,
+            paper_shapes_only: false,
+            kdlora: Some(bin),
+            tasks: None,
+            seeds: None,
+            compare_torch: None,
+        };
+        run_preset(&root, &shared, &options, &preset).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(results.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        let runs = json["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 3);
+        for run in runs {
+            let mm = run["score_mismatched"]
+                .as_f64()
+                .expect("scored on mismatched");
+            assert!((0.0..=100.0).contains(&mm), "{mm}");
+            assert_eq!(run["dev_mismatched_examples"], 16);
+            assert_eq!(run["dev_examples"], 24);
+            let base = &run["majority_baseline"];
+            assert!(
+                base["score"].as_f64().is_some() && base["score_mismatched"].as_f64().is_some()
+            );
+        }
+        let table1 = std::fs::read_to_string(results.path().join("table1.md")).unwrap();
+        assert!(
+            table1.contains("| MNLI-m |") && table1.contains("| MNLI-mm |"),
+            "{table1}"
+        );
+        assert!(!table1.contains("failed"), "{table1}");
+    }
+
+    /// The `quick` preset end to end: six real training runs through the `kdlora` binary, then the
+    /// tables. Skips when the shared models/data or the binary are absent.
+    #[test]
+    fn quick_preset_produces_every_output_with_sane_content() {
+        let Some((root, shared, bin)) = inputs() else {
+            return;
+        };
         let results = tempfile::tempdir().unwrap();
         run(
             &root,
@@ -286,6 +477,12 @@ mod tests {
                 preset: "quick".into(),
                 results: Some(results.path().to_path_buf()),
                 dry_run: false,
+                skip_paper_shapes: true,
+                paper_shapes_only: false,
+                kdlora: Some(bin.clone()),
+                tasks: None,
+                seeds: None,
+                compare_torch: None,
             },
         )
         .unwrap();
@@ -338,6 +535,12 @@ mod tests {
                 preset: "quick".into(),
                 results: Some(results.path().to_path_buf()),
                 dry_run: false,
+                skip_paper_shapes: true,
+                paper_shapes_only: false,
+                kdlora: Some(bin.clone()),
+                tasks: None,
+                seeds: None,
+                compare_torch: None,
             },
         )
         .unwrap();

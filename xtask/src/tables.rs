@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kdlora_schema::{MajorityBaseline, RunMetrics};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -38,14 +39,12 @@ pub struct CellResult {
     pub train_examples_per_second: Option<f64>,
     pub trainable_params: Option<u64>,
     pub total_params: Option<u64>,
-}
-
-fn pointer_f64(v: &Value, ptr: &str) -> Option<f64> {
-    v.pointer(ptr).and_then(Value::as_f64)
-}
-
-fn pointer_u64(v: &Value, ptr: &str) -> Option<u64> {
-    v.pointer(ptr).and_then(Value::as_u64)
+    /// Dev rows scored (MNLI: matched), for the chance margin.
+    pub dev_examples: Option<usize>,
+    /// MNLI mismatched dev rows scored.
+    pub dev_mismatched_examples: Option<usize>,
+    /// What a constant prediction scores on the same dev rows.
+    pub majority_baseline: Option<MajorityBaseline>,
 }
 
 impl CellResult {
@@ -71,6 +70,9 @@ impl CellResult {
             train_examples_per_second: None,
             trainable_params: None,
             total_params: None,
+            dev_examples: None,
+            dev_mismatched_examples: None,
+            majority_baseline: None,
         }
     }
 
@@ -84,21 +86,22 @@ impl CellResult {
         let path = run_dir.join("metrics.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let m: Value =
+        // The struct `kdlora train` writes: a renamed field fails to compile here, not silently.
+        let m: RunMetrics =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut r = Self::empty(cell, run_dir);
-        r.score = pointer_f64(&m, "/last/score");
-        r.best_score = pointer_f64(&m, "/best/score");
-        r.score_mismatched = pointer_f64(&m, "/last/score_mismatched");
-        r.peak_rss_mib = pointer_f64(&m, "/memory/peak_rss_mib");
-        r.device_memory_mib = pointer_f64(&m, "/memory/device_reserved_mib");
-        r.inference_seconds = pointer_f64(&m, "/inference/median_seconds");
-        r.train_examples_per_second = pointer_f64(&m, "/train/examples_per_second");
-        r.trainable_params = pointer_u64(&m, "/params/trainable");
-        r.total_params = pointer_u64(&m, "/params/total");
-        if r.score.is_none() {
-            anyhow::bail!("{}: no `last.score`", path.display());
-        }
+        r.score = Some(m.last.score);
+        r.best_score = Some(m.best.score);
+        r.score_mismatched = m.last.score_mismatched;
+        r.peak_rss_mib = m.memory.peak_rss_mib;
+        r.device_memory_mib = m.memory.device_reserved_mib;
+        r.inference_seconds = m.inference.as_ref().map(|i| i.median_seconds);
+        r.train_examples_per_second = Some(m.train.examples_per_second);
+        r.trainable_params = Some(m.params.trainable as u64);
+        r.total_params = Some(m.params.total as u64);
+        r.dev_examples = Some(m.dev_examples);
+        r.dev_mismatched_examples = m.dev_mismatched_examples;
+        r.majority_baseline = m.majority_baseline;
         Ok(r)
     }
 }
@@ -119,7 +122,7 @@ fn row_name(task: &str) -> &'static str {
     }
 }
 
-fn method_name(method: &str) -> &'static str {
+pub(crate) fn method_name(method: &str) -> &'static str {
     match method {
         "fft" => "FFT",
         "lora" => "LoRA",
@@ -166,6 +169,28 @@ pub struct Table1Row {
     pub subset: bool,
     /// One per method of [`Preset::methods`], in that order.
     pub scores: Vec<Option<f64>>,
+    /// The majority-class baseline on the same dev rows (as the runs measured it).
+    pub majority: Option<f64>,
+    /// Dev rows the row is scored on.
+    pub dev_examples: Option<usize>,
+}
+
+impl Table1Row {
+    /// Whether a score is within the chance margin of the majority baseline: the method did not
+    /// learn the task (or cannot be told apart from a constant prediction on this dev set).
+    pub fn at_chance(&self, score: f64) -> bool {
+        match (self.majority, self.dev_examples) {
+            (Some(majority), Some(n)) => score < majority + chance_margin(n),
+            _ => false,
+        }
+    }
+}
+
+/// Two binomial standard errors of an accuracy near 0.5 on `n` dev rows, in points (x100):
+/// `2 * 100 * sqrt(0.25 / n) = 100 / sqrt(n)`. A score closer than this to the majority baseline
+/// is not evidence that the task was learned (RTE's 277 rows: 6.0 points; CoLA's 1,043: 3.1).
+pub fn chance_margin(n: usize) -> f64 {
+    100.0 / (n.max(1) as f64).sqrt()
 }
 
 /// Table 1 rows per family, in preset task order, with MNLI-mm when evaluated.
@@ -202,11 +227,34 @@ pub fn table1_rows(preset: &Preset, results: &[CellResult]) -> Vec<Table1Row> {
                 } else {
                     row_name(&task.name).to_string()
                 };
+                // Every run of a task is scored on the same dev rows; any finished one says.
+                let task_runs = || {
+                    results
+                        .iter()
+                        .filter(|r| r.family == family.name && r.task == task.name)
+                };
+                let majority = task_runs().find_map(|r| {
+                    let b = r.majority_baseline.as_ref()?;
+                    if mismatched {
+                        b.score_mismatched
+                    } else {
+                        Some(b.score)
+                    }
+                });
+                let dev_examples = task_runs().find_map(|r| {
+                    if mismatched {
+                        r.dev_mismatched_examples
+                    } else {
+                        r.dev_examples
+                    }
+                });
                 rows.push(Table1Row {
                     family: family.name.clone(),
                     row,
                     subset: task.subset,
                     scores,
+                    majority,
+                    dev_examples,
                 });
             }
         }
@@ -364,6 +412,70 @@ fn seed_section(preset: &Preset, family: &str, seeds: &[SeedScores]) -> Option<S
     Some(md)
 }
 
+/// The GLUE rows of the paper's Table 1; a family with exactly these gets the paper's GLUE score.
+const GLUE_ROWS: [&str; 10] = [
+    "CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm", "QNLI", "RTE", "WNLI",
+];
+
+/// Label of the score row: the paper's GLUE score when the rows are its ten, else a plain mean.
+fn score_label(rows: &[&Table1Row]) -> String {
+    let mut names: Vec<&str> = rows.iter().map(|r| r.row.as_str()).collect();
+    names.sort_unstable();
+    let mut glue = GLUE_ROWS.to_vec();
+    glue.sort_unstable();
+    if names == glue {
+        "**GLUE score** (mean of the 10 rows, MNLI twice, WNLI included, as the paper)".into()
+    } else {
+        format!("**Score** (mean of the {} rows)", rows.len())
+    }
+}
+
+/// Distillation's gain over the no-KD student, paired by seed, summarised over a family's rows.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PairedGain {
+    /// Mean over rows of each row's mean paired difference (points).
+    pub mean: f64,
+    /// Sample standard deviation over rows (`None` for one row).
+    pub sd: Option<f64>,
+    /// Rows with at least one seed pair.
+    pub rows: usize,
+    /// Rows where the mean paired difference is positive.
+    pub wins: usize,
+}
+
+/// KD-LoRA minus LoRA(student) per row, over the seeds both ran (same seed: same data order and
+/// adapter initialisation), then summarised over rows.
+pub fn paired_kd_gain(seeds: &[SeedScores], family: &str) -> Option<PairedGain> {
+    let per_row: Vec<f64> = seeds
+        .iter()
+        .filter(|s| s.family == family && s.method == "kd-lora")
+        .filter_map(|kd| {
+            let plain = seeds
+                .iter()
+                .find(|s| s.family == family && s.task == kd.task && s.method == LORA_STUDENT)?;
+            let diffs: Vec<f64> = kd
+                .scores
+                .iter()
+                .filter_map(|&(seed, v)| {
+                    plain
+                        .scores
+                        .iter()
+                        .find(|&&(s, _)| s == seed)
+                        .map(|&(_, p)| v - p)
+                })
+                .collect();
+            mean_sd(&diffs).map(|(mean, _)| mean)
+        })
+        .collect();
+    let (mean, sd) = mean_sd(&per_row)?;
+    Some(PairedGain {
+        mean,
+        sd,
+        rows: per_row.len(),
+        wins: per_row.iter().filter(|d| **d > 0.0).count(),
+    })
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map_or("failed".into(), |v| format!("{v:.1}"))
 }
@@ -409,8 +521,8 @@ pub fn write_all(
         let n_methods = methods.len();
         let column = |name: &str| methods.iter().position(|m| *m == name);
         let names: Vec<&str> = methods.iter().map(|m| method_name(m)).collect();
-        let _ = writeln!(md, "| task | {} |", names.join(" | "));
-        let _ = writeln!(md, "|---|{}", "---|".repeat(n_methods));
+        let _ = writeln!(md, "| task | majority | {} |", names.join(" | "));
+        let _ = writeln!(md, "|---|---|{}", "---|".repeat(n_methods));
         let mut sums = vec![0.0; n_methods];
         let mut complete = vec![true; n_methods];
         let paper_cell = |row: &str, mi: usize, ours: String| match (
@@ -420,12 +532,28 @@ pub fn write_all(
             (true, Some(p)) => format!("{ours} (paper {p:.1})"),
             _ => ours,
         };
+        let mut any_chance = false;
         for row in &fam_rows {
             let cells: Vec<String> = (0..n_methods)
-                .map(|mi| paper_cell(&row.row, mi, fmt(row.scores[mi])))
+                .map(|mi| {
+                    let text = match row.scores[mi] {
+                        Some(v) if row.at_chance(v) => {
+                            any_chance = true;
+                            format!("{v:.1} (chance)")
+                        }
+                        other => fmt(other),
+                    };
+                    paper_cell(&row.row, mi, text)
+                })
                 .collect();
             let star = if row.subset { "*" } else { "" };
-            let _ = writeln!(md, "| {}{star} | {} |", row.row, cells.join(" | "));
+            let majority = row.majority.map_or("n/a".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                md,
+                "| {}{star} | {majority} | {} |",
+                row.row,
+                cells.join(" | ")
+            );
             for mi in 0..n_methods {
                 match row.scores[mi] {
                     Some(v) => sums[mi] += v,
@@ -440,11 +568,40 @@ pub fn write_all(
         let score_cells: Vec<String> = (0..n_methods)
             .map(|mi| paper_cell("Score", mi, fmt(score[mi])))
             .collect();
+        let majority_mean = fam_rows
+            .iter()
+            .map(|r| r.majority)
+            .sum::<Option<f64>>()
+            .map(|s| s / n);
         let _ = writeln!(
             md,
-            "| **Score** (mean of rows) | {} |",
+            "| {} | {} | {} |",
+            score_label(&fam_rows),
+            majority_mean.map_or("n/a".into(), |v| format!("{v:.1}")),
             score_cells.join(" | ")
         );
+        let _ = writeln!(
+            md,
+            "\nmajority: the train rows' most frequent class predicted for every dev row (STS-B: a \
+             constant, correlation 0), on the same dev rows as the runs.{}",
+            if any_chance {
+                " (chance): the score is less than 100/sqrt(n) points above it (two standard errors \
+                 on n dev rows): the method did not learn the task at this budget, or cannot be told \
+                 apart from a constant prediction on this dev set."
+            } else {
+                " Every score is more than 100/sqrt(n) points (two standard errors on n dev rows) \
+                 above it."
+            }
+        );
+        if fam_rows.iter().any(|r| r.row == "WNLI") {
+            let _ = writeln!(
+                md,
+                "WNLI: GLUE's dev set is adversarial (a hypothesis of a dev example is sometimes \
+                 shared with a train example of the other label), so a model that fits train \
+                 scores at or below the majority baseline; the paper prints 56.3 (majority on the \
+                 full dev set) for most WNLI cells. It counts in the score, as in the paper."
+            );
+        }
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(100.0 * a / b),
             _ => None,
@@ -462,7 +619,21 @@ pub fn write_all(
             (Some(kd), Some(plain)) => Some(kd - plain),
             _ => None,
         };
-        if let Some(gain) = kd_gain {
+        let paired = paired_kd_gain(&seeds, &family.name);
+        if let Some(gain) = &paired {
+            let _ = writeln!(
+                md,
+                "Distillation: KD-LoRA minus LoRA on the same student without a teacher, paired by \
+                 seed, is {:+.1} points on average over {} rows ({}; KD-LoRA ahead on {} \
+                 of {}).",
+                gain.mean,
+                gain.rows,
+                gain.sd
+                    .map_or("one row".into(), |sd| format!("sd {sd:.1} over rows")),
+                gain.wins,
+                gain.rows
+            );
+        } else if let Some(gain) = kd_gain {
             let _ = writeln!(
                 md,
                 "Distillation adds {gain:+.1} points over LoRA on the same student without a teacher."
@@ -483,6 +654,8 @@ pub fn write_all(
             "kd_lora_percent_of_lora": of_lora,
             "kd_lora_percent_of_fft": of_fft,
             "kd_gain_over_lora_student": kd_gain,
+            "kd_gain_paired_by_seed": paired,
+            "majority_score": majority_mean,
         }));
 
         let groups: Vec<svg::Group> = fam_rows
@@ -735,7 +908,7 @@ fn short_model(model: &str) -> String {
         .to_string()
 }
 
-fn group_digits(v: u64) -> String {
+pub(crate) fn group_digits(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -790,7 +963,187 @@ mod tests {
             train_examples_per_second: None,
             trainable_params: None,
             total_params: None,
+            dev_examples: Some(400),
+            dev_mismatched_examples: None,
+            majority_baseline: None,
         }
+    }
+
+    /// A preset of the paper's nine tasks on the committed BERT-base/DistilBERT configs.
+    fn glue_preset() -> Preset {
+        let mut text = String::from(
+            "description = \"t\"\ntop_k = 1\nseeds = [1]\n[[families]]\nname = \"F\"\n\
+             teacher = \"bert-base-uncased\"\nstudent = \"distilbert-base-uncased\"\n",
+        );
+        for task in [
+            "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
+        ] {
+            text.push_str(&format!("[[tasks]]\nname = \"{task}\"\ndata = \"/glue\"\n"));
+        }
+        text.push_str("[grid.fft]\n[grid.lora]\n[grid.lora-student]\n[grid.kd-lora]\n");
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn table1_prints_mnli_twice_the_glue_score_the_majority_and_chance_cells() {
+        let preset = glue_preset();
+        let mut results = Vec::new();
+        for task in [
+            "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli",
+        ] {
+            for (method, score) in [
+                ("fft", 80.0),
+                ("lora", 78.0),
+                ("lora-student", 70.0),
+                ("kd-lora", 72.0),
+            ] {
+                let mut r = result(task, method, "a", 1, score);
+                r.majority_baseline = Some(MajorityBaseline {
+                    prediction: "x".into(),
+                    // RTE's LoRA(student) at 70 is within 5 points (400 rows) of 66.
+                    score: if task == "rte" { 66.0 } else { 50.0 },
+                    score_mismatched: (task == "mnli").then_some(40.0),
+                });
+                if task == "mnli" {
+                    r.score_mismatched = Some(score + 1.0);
+                    r.dev_mismatched_examples = Some(300);
+                }
+                results.push(r);
+            }
+        }
+        let rows = table1_rows(&preset, &results);
+        assert_eq!(rows.len(), 10);
+        let mm = rows.iter().find(|r| r.row == "MNLI-mm").unwrap();
+        assert_eq!(
+            mm.scores,
+            vec![Some(81.0), Some(79.0), Some(71.0), Some(73.0)]
+        );
+        assert_eq!((mm.majority, mm.dev_examples), (Some(40.0), Some(300)));
+        assert!((chance_margin(400) - 5.0).abs() < 1e-12);
+        let rte = rows.iter().find(|r| r.row == "RTE").unwrap();
+        assert!(rte.at_chance(70.9) && !rte.at_chance(71.0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let vars = Vars::new(BTreeMap::new());
+        write_all(dir.path(), "t", &preset, &results, &vars).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("table1.md")).unwrap();
+        for needle in [
+            "| task | majority | FFT | LoRA | LoRA (student, no KD) | KD-LoRA |",
+            "| MNLI-m | 50.0 | 80.0 | 78.0 | 70.0 | 72.0 |",
+            "| MNLI-mm | 40.0 | 81.0 | 79.0 | 71.0 | 73.0 |",
+            "| RTE | 66.0 | 80.0 | 78.0 | 70.0 (chance) | 72.0 |",
+            // (9 * 80 + 81) / 10 = 80.1; majorities (8 * 50 + 66 + 40) / 10 = 50.6.
+            "| **GLUE score** (mean of the 10 rows, MNLI twice, WNLI included, as the paper) | 50.6 | 80.1 |",
+            "(chance): the score is less than 100/sqrt(n) points",
+            "WNLI: GLUE's dev set is adversarial",
+            "KD-LoRA keeps",
+            "paired by seed, is +2.0 points on average over 9 rows (sd 0.0 over rows; KD-LoRA ahead on 9 of 9)",
+        ] {
+            assert!(md.contains(needle), "missing `{needle}` in\n{md}");
+        }
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["summary"][0]["kd_gain_paired_by_seed"]["wins"], 9);
+
+        // Without MNLI-mm the rows are not the paper's ten: a plain mean, labelled as such.
+        let no_mm: Vec<CellResult> = results
+            .into_iter()
+            .map(|mut r| {
+                r.score_mismatched = None;
+                r
+            })
+            .collect();
+        write_all(dir.path(), "t", &preset, &no_mm, &vars).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("table1.md")).unwrap();
+        assert!(md.contains("| **Score** (mean of the 9 rows) |"), "{md}");
+        assert!(!md.contains("MNLI-mm"), "{md}");
+    }
+
+    #[test]
+    fn cell_results_load_the_metrics_file_kdlora_writes() {
+        use kdlora_schema::{EpochRecord, Memory, Method, ParamCounts, Throughput};
+        let record = |score| EpochRecord {
+            epoch: 1,
+            step: 1,
+            train_loss: 0.1,
+            lr: 0.0,
+            score,
+            score_mismatched: Some(score + 1.0),
+            dev: Value::Null,
+            dev_mismatched: None,
+            train_seconds: 1.0,
+            eval_seconds: 1.0,
+        };
+        let metrics = RunMetrics {
+            method: Method::Fft,
+            task: "mnli".into(),
+            model: "m".into(),
+            model_hub: None,
+            teacher: None,
+            device: "cpu".into(),
+            train_examples: 10,
+            dev_examples: 7,
+            dev_mismatched_examples: Some(9),
+            majority_baseline: Some(MajorityBaseline {
+                prediction: "entailment".into(),
+                score: 35.0,
+                score_mismatched: Some(36.0),
+            }),
+            epochs: 1,
+            last: record(60.0),
+            best: record(61.0),
+            params: ParamCounts {
+                trainable: 3,
+                total: 4,
+            },
+            trainable_percent: 75.0,
+            lora_params: None,
+            train: Throughput {
+                examples: 10,
+                seconds: 1.0,
+                examples_per_second: 10.0,
+                method: "m".into(),
+            },
+            memory: Memory {
+                peak_rss_bytes: None,
+                peak_rss_mib: Some(12.0),
+                method: "m".into(),
+                device_reserved_bytes: None,
+                device_reserved_mib: None,
+                device_method: None,
+            },
+            inference: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.json"),
+            serde_json::to_string(&metrics).unwrap(),
+        )
+        .unwrap();
+        let preset = glue_preset();
+        let cell = preset
+            .cells(&Vars::new(BTreeMap::new()))
+            .unwrap()
+            .into_iter()
+            .find(|c| c.task == "mnli")
+            .unwrap();
+        let r = CellResult::load(&cell, dir.path()).unwrap();
+        assert_eq!(
+            (r.score, r.best_score, r.score_mismatched),
+            (Some(60.0), Some(61.0), Some(61.0))
+        );
+        assert_eq!(
+            (r.dev_examples, r.dev_mismatched_examples),
+            (Some(7), Some(9))
+        );
+        assert_eq!(r.majority_baseline, metrics.majority_baseline);
+        assert_eq!((r.peak_rss_mib, r.trainable_params), (Some(12.0), Some(3)));
+        // A file that is not a run's metrics is an error naming it.
+        std::fs::write(dir.path().join("metrics.json"), "{\"last\": {}}").unwrap();
+        let err = format!("{:#}", CellResult::load(&cell, dir.path()).unwrap_err());
+        assert!(err.contains("metrics.json"), "{err}");
     }
 
     #[test]

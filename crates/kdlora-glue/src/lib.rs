@@ -55,8 +55,8 @@ pub use data::{DataFormat, GlueDataset, GlueExample, Label, locate, parse_jsonl,
 pub use download::{DownloadEvent, DownloadOptions, DownloadOutcome, GlueSources, download_task};
 pub use error::GlueError;
 pub use metrics::{
-    GlueRow, TaskMetrics, TaskScore, accuracy, average_ranks, evaluate, evaluate_classes,
-    evaluate_scores, f1, glue_score, matthews_corrcoef, pearson, spearman,
+    Baseline, GlueRow, TaskMetrics, TaskScore, accuracy, average_ranks, evaluate, evaluate_classes,
+    evaluate_scores, f1, glue_score, majority_baseline, matthews_corrcoef, pearson, spearman,
 };
 pub use stats::{DatasetStats, LengthStats, dataset_stats, length_stats, percentile};
 pub use submission::{

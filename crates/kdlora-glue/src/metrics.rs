@@ -267,6 +267,64 @@ pub fn evaluate_scores(
     evaluate(task, &p, &l)
 }
 
+/// What a model that ignores its input scores: the constant prediction learned from `train`
+/// labels, scored on `dev` labels with the task's GLUE number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Baseline {
+    /// The constant prediction: the name of train's most frequent class (ties: the lower class
+    /// id), or `mean X.XX` for STS-B.
+    pub prediction: String,
+    /// Its GLUE number (x100) on `dev`.
+    pub score: f64,
+}
+
+/// The majority-class baseline of a split: train's most frequent class predicted for every dev
+/// row. For STS-B the train mean is predicted; a constant has no correlation with anything, so
+/// the score is 0 (computed directly: Pearson of a constant is undefined and would warn).
+pub fn majority_baseline(
+    task: GlueTask,
+    train: &[Label],
+    dev: &[Label],
+) -> Result<Baseline, GlueError> {
+    if train.is_empty() || dev.is_empty() {
+        return Err(GlueError::MetricInput(
+            "a baseline needs train and dev labels".to_string(),
+        ));
+    }
+    if task.is_regression() {
+        let s = scores(train, "label", task)?;
+        let mean = s.iter().sum::<f64>() / s.len() as f64;
+        return Ok(Baseline {
+            prediction: format!("mean {mean:.2}"),
+            score: 0.0,
+        });
+    }
+    let train = classes(train, "label", task)?;
+    let mut counts = vec![0usize; task.num_labels().max(1)];
+    for &c in &train {
+        if c >= counts.len() {
+            counts.resize(c + 1, 0);
+        }
+        counts[c] += 1;
+    }
+    // max_by_key keeps the last maximum; scanning in reverse makes ties go to the lower id.
+    let (class, _) = counts
+        .iter()
+        .enumerate()
+        .rev()
+        .max_by_key(|(_, n)| **n)
+        .unwrap_or((0, &0));
+    let predictions = vec![Label::Class(class); dev.len()];
+    let metrics = evaluate(task, &predictions, dev)?;
+    Ok(Baseline {
+        prediction: task
+            .label_names()
+            .get(class)
+            .map_or_else(|| class.to_string(), |n| n.to_string()),
+        score: metrics.score,
+    })
+}
+
 fn unreachable_metric(task: GlueTask, metric: Metric) -> Result<f64, GlueError> {
     Err(GlueError::MetricInput(format!(
         "metric {metric:?} does not apply to {task}"
@@ -442,6 +500,28 @@ mod tests {
         close(pearson(&[1.0, 1.0], &[1.0, 2.0]).unwrap(), 0.0);
         assert!(pearson(&[1.0], &[1.0, 2.0]).is_err());
         assert!(pearson(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn majority_baseline_predicts_trains_most_frequent_class() {
+        let c = |v: &[usize]| v.iter().map(|&x| Label::Class(x)).collect::<Vec<_>>();
+        // Train's majority is class 1; on dev [1,1,0,0,0] that is accuracy 0.4, F1 2*2/(4+3) = 4/7.
+        let b = majority_baseline(GlueTask::Mrpc, &c(&[1, 1, 0]), &c(&[1, 1, 0, 0, 0])).unwrap();
+        close(b.score, 100.0 * (0.4 + 4.0 / 7.0) / 2.0);
+        assert_eq!(b.prediction, GlueTask::Mrpc.label_names()[1]);
+        // A constant prediction has MCC 0 (CoLA); ties go to the lower class id.
+        let b = majority_baseline(GlueTask::Cola, &c(&[0, 1]), &c(&[0, 1, 1])).unwrap();
+        close(b.score, 0.0);
+        assert_eq!(b.prediction, GlueTask::Cola.label_names()[0]);
+        // Three classes: accuracy of the majority class.
+        let b = majority_baseline(GlueTask::Mnli, &c(&[2, 2, 1]), &c(&[2, 0, 1, 2])).unwrap();
+        close(b.score, 50.0);
+        // STS-B: the train mean, score 0.
+        let s = |v: &[f32]| v.iter().map(|&x| Label::Score(x)).collect::<Vec<_>>();
+        let b = majority_baseline(GlueTask::Stsb, &s(&[1.0, 4.0]), &s(&[0.0, 5.0])).unwrap();
+        assert_eq!((b.prediction.as_str(), b.score), ("mean 2.50", 0.0));
+        assert!(majority_baseline(GlueTask::Sst2, &[], &c(&[1])).is_err());
+        assert!(majority_baseline(GlueTask::Sst2, &c(&[1]), &[]).is_err());
     }
 
     #[test]

@@ -9,58 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
-/// Training recipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Full fine-tuning: every parameter trains.
-    Fft,
-    /// LoRA adapters (and the task head) train; the base is frozen.
-    Lora,
-    /// LoRA student trained against a fine-tuned teacher's logits (the paper's method).
-    KdLora,
-    /// Full student trained against a fine-tuned teacher's logits (ablation, no LoRA).
-    Kd,
-}
-
-impl Method {
-    /// Whether the run attaches LoRA adapters (and saves `adapter/` instead of `model/`).
-    pub fn uses_lora(self) -> bool {
-        matches!(self, Method::Lora | Method::KdLora)
-    }
-
-    /// Whether the run needs a teacher run folder.
-    pub fn uses_teacher(self) -> bool {
-        matches!(self, Method::KdLora | Method::Kd)
-    }
-
-    /// The name used in configuration files and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Fft => "fft",
-            Method::Lora => "lora",
-            Method::KdLora => "kd-lora",
-            Method::Kd => "kd",
-        }
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = TrainError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fft" => Ok(Method::Fft),
-            "lora" => Ok(Method::Lora),
-            "kd-lora" | "kdlora" | "kd_lora" => Ok(Method::KdLora),
-            "kd" => Ok(Method::Kd),
-            other => Err(TrainError::invalid(
-                "method",
-                format!("unknown method `{other}` (expected fft, lora, kd-lora or kd)"),
-            )),
-        }
-    }
-}
+pub use kdlora_schema::Method;
 
 /// Training engine: the hand-written loop (default) or burn-train's `Learner`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

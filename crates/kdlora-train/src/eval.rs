@@ -7,7 +7,6 @@ use std::time::Instant;
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
 use kdlora_glue::{GlueBatcher, GlueTask, GlueTokenizer, Label, Prediction, Split, TaskMetrics};
 use kdlora_lora::LoraOps;
-use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::data::SplitData;
@@ -190,22 +189,7 @@ pub fn evaluate_model<B: LoraOps>(
     Ok(kdlora_glue::evaluate(data.task, &preds, &labels)?)
 }
 
-/// Inference-time measurement on a split (see [`InferenceTiming::method`]).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct InferenceTiming {
-    /// Median wall-clock seconds of one pass over the split.
-    pub median_seconds: f64,
-    /// Seconds of each timed pass.
-    pub pass_seconds: Vec<f64>,
-    /// Examples per pass.
-    pub examples: usize,
-    /// Batch size.
-    pub batch_size: usize,
-    /// `examples / median_seconds`.
-    pub examples_per_second: f64,
-    /// How it was measured.
-    pub method: String,
-}
+pub use kdlora_schema::InferenceTiming;
 
 /// Times `passes` full passes of `model` over `data` (batch `batch_size`), after one untimed
 /// warm-up batch; each pass includes batching, the forward pass and reading logits back.

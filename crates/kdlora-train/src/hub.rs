@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
@@ -120,16 +119,7 @@ impl HubSettings {
     }
 }
 
-/// Where a model folder came from on the Hub; recorded in a run's `metrics.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HubSource {
-    /// Repository id (`org/name` or `name`).
-    pub id: String,
-    /// The revision asked for (`main` unless `@revision` was given; the commit when unknown).
-    pub revision: String,
-    /// The commit the snapshot holds.
-    pub commit: String,
-}
+pub use kdlora_schema::HubSource;
 
 /// A resolved model argument.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,14 +14,7 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use crate::error::{Result, TrainError};
 
-/// Exact parameter counts of a model, by `require_grad`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ParamCounts {
-    /// Scalars that receive gradients.
-    pub trainable: usize,
-    /// All scalars.
-    pub total: usize,
-}
+pub use kdlora_schema::ParamCounts;
 
 /// Trainable parameters split by whether weight decay applies.
 #[derive(Clone, Debug, Default)]

@@ -14,14 +14,11 @@ use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 
-use crate::config::{Engine, Method, RunConfig};
+use crate::config::{Engine, RunConfig};
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
-use crate::eval::{
-    InferenceTiming, TOKENIZER_FILE, TOKENIZER_FILES, evaluate_model, load_model, time_inference,
-};
+use crate::eval::{TOKENIZER_FILE, TOKENIZER_FILES, evaluate_model, load_model, time_inference};
 use crate::memory::{DEVICE_MEMORY_METHOD, PEAK_RSS_METHOD, peak_rss_bytes};
 use crate::optim::{GroupedAdamW, ParamCounts, linear_schedule, param_groups};
 use crate::progress::{StepInfo, TrainObserver};
@@ -29,114 +26,43 @@ use crate::run_dir::{
     CheckpointState, RunDir, create_dir, read_jsonl, remove_dir_if_exists, replace_dir,
     write_atomic, write_json, write_jsonl,
 };
+pub use kdlora_schema::{
+    EpochRecord, LoraParams, MajorityBaseline, Memory, RunMetrics, Throughput,
+};
 
 /// Batch size of the inference-time measurement (the paper's setting).
 pub const INFERENCE_BATCH_SIZE: usize = 32;
 
-/// One line of `metrics.jsonl`: an epoch's training loss and dev metrics.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EpochRecord {
-    /// Epoch (1-based).
-    pub epoch: usize,
-    /// Optimizer steps taken by the end of the epoch.
-    pub step: usize,
-    /// Mean training loss over the epoch's micro-batches.
-    pub train_loss: f64,
-    /// Learning rate of the epoch's last step.
-    pub lr: f64,
-    /// The task's GLUE number (x100) on dev.
-    pub score: f64,
-    /// All dev metrics (`kdlora_glue::TaskMetrics`).
-    pub dev: serde_json::Value,
-    /// Training wall-clock seconds of the epoch (steps only).
-    pub train_seconds: f64,
-    /// Evaluation wall-clock seconds.
-    pub eval_seconds: f64,
-}
-
-/// Training throughput.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Throughput {
-    /// Training examples processed (all epochs).
-    pub examples: usize,
-    /// Seconds spent in training steps.
-    pub seconds: f64,
-    /// `examples / seconds`.
-    pub examples_per_second: f64,
-    /// How it was measured.
-    pub method: String,
-}
-
-/// Peak memory.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Memory {
-    /// Peak resident set size of the process, bytes (`None` where unavailable).
-    pub peak_rss_bytes: Option<u64>,
-    /// The same in MiB.
-    pub peak_rss_mib: Option<f64>,
-    /// How it was measured.
-    pub method: String,
-    /// GPU backends: device memory held by the backend's allocator at the end of the run, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_reserved_bytes: Option<u64>,
-    /// The same in MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_reserved_mib: Option<f64>,
-    /// How the device figure was measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_method: Option<String>,
-}
-
-/// Parameter counts of a LoRA run, from `kdlora_lora::count_params`.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LoraParams {
-    /// Parameters of the adapters (`sum r * (d_in + d_out)`): trainable count without the head.
-    pub adapter: usize,
-    /// Parameters of the head modules trained in full.
-    pub head: usize,
-}
-
-/// `metrics.json`: the final numbers of a run.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunMetrics {
-    /// Recipe.
-    pub method: Method,
-    /// Task name.
-    pub task: String,
-    /// Model folder.
-    pub model: String,
-    /// The Hub repository and commit the model folder is a snapshot of, when it came from the Hub.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model_hub: Option<crate::hub::HubSource>,
-    /// Teacher run, for distillation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub teacher: Option<String>,
-    /// Backend the run used.
-    pub device: String,
-    /// Training examples per epoch.
-    pub train_examples: usize,
-    /// Dev examples.
-    pub dev_examples: usize,
-    /// Epochs trained.
-    pub epochs: usize,
-    /// Last epoch (what the paper reports).
-    pub last: EpochRecord,
-    /// Best epoch by dev score.
-    pub best: EpochRecord,
-    /// Exact parameter counts.
-    pub params: ParamCounts,
-    /// `100 * trainable / total`.
-    pub trainable_percent: f64,
-    /// LoRA runs: adapter parameters alone and the head's (trained in full, `modules_to_save`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lora_params: Option<LoraParams>,
-    /// Training throughput.
-    pub train: Throughput,
-    /// Peak memory.
-    pub memory: Memory,
-    /// Inference time on dev (absent when `inference_passes = 0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference: Option<InferenceTiming>,
+/// The majority-class baseline on the run's dev rows (`None`, with a warning, when a split has no
+/// labels: it is a reference number, not a reason to stop a run).
+fn majority_baseline(
+    task: GlueTask,
+    train: &SplitData,
+    dev: &SplitData,
+    dev_mismatched: Option<&SplitData>,
+) -> Option<MajorityBaseline> {
+    let score = |eval: &SplitData| -> Result<kdlora_glue::Baseline> {
+        Ok(kdlora_glue::majority_baseline(
+            task,
+            &train.labels()?,
+            &eval.labels()?,
+        )?)
+    };
+    let result = score(dev).and_then(|b| {
+        let mismatched = dev_mismatched.map(score).transpose()?;
+        Ok(MajorityBaseline {
+            prediction: b.prediction,
+            score: b.score,
+            score_mismatched: mismatched.map(|m| m.score),
+        })
+    });
+    match result {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "no majority baseline for this run");
+            None
+        }
+    }
 }
 
 /// Resolves a model argument: a run folder's `model/` or the folder itself.
@@ -425,6 +351,10 @@ pub(crate) struct RunContext {
     pub(crate) batcher: GlueBatcher,
     pub(crate) train_data: SplitData,
     pub(crate) dev_data: SplitData,
+    /// MNLI: the mismatched dev set, when the data folder has one (scored beside `dev_data`).
+    pub(crate) dev_mismatched: Option<SplitData>,
+    /// What a constant prediction scores on the dev rows.
+    pub(crate) majority_baseline: Option<MajorityBaseline>,
     pub(crate) lora_params: Option<LoraParams>,
 }
 
@@ -543,10 +473,28 @@ fn prepare<B: AutodiffLoraOps>(
         cfg.max_eval_examples,
         &tokenizer,
     )?;
+    // MNLI is reported on both dev sets (the paper's MNLI-m and MNLI-mm rows); the mismatched
+    // one is optional because the labelled subsets used on small machines have no such split.
+    let dev_mismatched = if task.splits().contains(&Split::DevMismatched)
+        && kdlora_glue::locate(&cfg.data, task, Split::DevMismatched).is_ok()
+    {
+        Some(SplitData::load(
+            &cfg.data,
+            task,
+            Split::DevMismatched,
+            cfg.max_eval_examples,
+            &tokenizer,
+        )?)
+    } else {
+        None
+    };
+    let majority_baseline =
+        majority_baseline(task, &train_data, &dev_data, dev_mismatched.as_ref());
     tracing::info!(
         task = task.name(),
         train = train_data.len(),
         dev = dev_data.len(),
+        dev_mismatched = dev_mismatched.as_ref().map(SplitData::len),
         method = cfg.method.as_str(),
         engine = cfg.engine.as_str(),
         "data loaded"
@@ -580,6 +528,8 @@ fn prepare<B: AutodiffLoraOps>(
         run,
         train_data,
         dev_data,
+        dev_mismatched,
+        majority_baseline,
         lora_params,
     };
     Ok((ctx, teacher, model))
@@ -802,13 +752,27 @@ pub(crate) fn evaluate_epoch<B: LoraOps>(
         ctx.cfg.eval_batch_size,
         device,
     )?;
+    let mismatched = match &ctx.dev_mismatched {
+        Some(data) => Some(evaluate_model(
+            valid,
+            data,
+            &ctx.batcher,
+            ctx.cfg.eval_batch_size,
+            device,
+        )?),
+        None => None,
+    };
     let record = EpochRecord {
         epoch,
         step,
         train_loss,
         lr,
         score: metrics.score,
+        score_mismatched: mismatched.as_ref().map(|m| m.score),
         dev: serde_json::to_value(&metrics).unwrap_or_default(),
+        dev_mismatched: mismatched
+            .as_ref()
+            .map(|m| serde_json::to_value(m).unwrap_or_default()),
         train_seconds,
         eval_seconds: eval_start.elapsed().as_secs_f64(),
     };
@@ -816,6 +780,7 @@ pub(crate) fn evaluate_epoch<B: LoraOps>(
         epoch = record.epoch,
         train_loss = record.train_loss,
         score = record.score,
+        score_mismatched = record.score_mismatched,
         "epoch evaluated"
     );
     Ok(record)
@@ -906,6 +871,8 @@ pub(crate) fn finish<B: LoraOps>(
         device: cfg.device.clone(),
         train_examples: ctx.train_data.len(),
         dev_examples: ctx.dev_data.len(),
+        dev_mismatched_examples: ctx.dev_mismatched.as_ref().map(SplitData::len),
+        majority_baseline: ctx.majority_baseline.clone(),
         epochs: totals.epochs_completed,
         last,
         best,
