@@ -215,16 +215,20 @@ pub fn run(
             .config_id
             .rsplit_once("_s")
             .map_or(cell.config_id.clone(), |(c, _)| c.to_string());
-        let kdlora: Vec<(u64, f64)> = outcomes
-            .iter()
-            .filter(|o| {
-                o.family == cell.family
-                    && o.task == cell.task
-                    && o.method == cell.method
-                    && o.config == config
-            })
-            .filter_map(|o| o.score.map(|s| (o.seed, s)))
-            .collect();
+        // kdlora's seeds of this cell's configuration, for one score of a run.
+        let kdlora_scores = |score: fn(&CellResult) -> Option<f64>| -> Vec<(u64, f64)> {
+            outcomes
+                .iter()
+                .filter(|o| {
+                    o.family == cell.family
+                        && o.task == cell.task
+                        && o.method == cell.method
+                        && o.config == config
+                })
+                .filter_map(|o| score(o).map(|s| (o.seed, s)))
+                .collect()
+        };
+        let kdlora = kdlora_scores(|o| o.score);
         let torch = torch_scores.get(&out);
         rows.push(Comparison {
             family: cell.family.clone(),
@@ -241,16 +245,7 @@ pub fn run(
         if let Some(Ok(m)) = torch
             && let Some(mm) = m.last.score_mismatched
         {
-            let kdlora_mm: Vec<(u64, f64)> = outcomes
-                .iter()
-                .filter(|o| {
-                    o.family == cell.family
-                        && o.task == cell.task
-                        && o.method == cell.method
-                        && o.config == config
-                })
-                .filter_map(|o| o.score_mismatched.map(|s| (o.seed, s)))
-                .collect();
+            let kdlora_mm = kdlora_scores(|o| o.score_mismatched);
             rows.push(Comparison {
                 task: format!("{}-mm", cell.task),
                 kdlora: kdlora_mm,

@@ -386,17 +386,7 @@ fn seed_section(preset: &Preset, family: &str, seeds: &[SeedScores]) -> Option<S
         );
         if paired {
             let diffs: Vec<f64> = match (find("kd-lora"), find(LORA_STUDENT)) {
-                (Some(kd), Some(plain)) => kd
-                    .scores
-                    .iter()
-                    .filter_map(|&(seed, v)| {
-                        plain
-                            .scores
-                            .iter()
-                            .find(|&&(s, _)| s == seed)
-                            .map(|&(_, p)| v - p)
-                    })
-                    .collect(),
+                (Some(kd), Some(plain)) => paired_differences(kd, plain),
                 _ => Vec::new(),
             };
             let text = match mean_sd(&diffs) {
@@ -443,6 +433,19 @@ pub struct PairedGain {
     pub wins: usize,
 }
 
+/// `a - b` for every seed both ran (same seed: same data order and adapter initialisation).
+fn paired_differences(a: &SeedScores, b: &SeedScores) -> Vec<f64> {
+    a.scores
+        .iter()
+        .filter_map(|&(seed, v)| {
+            b.scores
+                .iter()
+                .find(|&&(s, _)| s == seed)
+                .map(|&(_, p)| v - p)
+        })
+        .collect()
+}
+
 /// KD-LoRA minus LoRA(student) per row, over the seeds both ran (same seed: same data order and
 /// adapter initialisation), then summarised over rows.
 pub fn paired_kd_gain(seeds: &[SeedScores], family: &str) -> Option<PairedGain> {
@@ -453,18 +456,7 @@ pub fn paired_kd_gain(seeds: &[SeedScores], family: &str) -> Option<PairedGain> 
             let plain = seeds
                 .iter()
                 .find(|s| s.family == family && s.task == kd.task && s.method == LORA_STUDENT)?;
-            let diffs: Vec<f64> = kd
-                .scores
-                .iter()
-                .filter_map(|&(seed, v)| {
-                    plain
-                        .scores
-                        .iter()
-                        .find(|&&(s, _)| s == seed)
-                        .map(|&(_, p)| v - p)
-                })
-                .collect();
-            mean_sd(&diffs).map(|(mean, _)| mean)
+            mean_sd(&paired_differences(kd, plain)).map(|(mean, _)| mean)
         })
         .collect();
     let (mean, sd) = mean_sd(&per_row)?;
