@@ -131,7 +131,7 @@ fn command_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// What the numbers were measured on.
-fn machine(python: Option<&str>) -> Value {
+pub(crate) fn machine(python: Option<&str>) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
         cpuinfo

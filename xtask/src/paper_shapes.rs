@@ -148,10 +148,12 @@ pub fn run(root: &Path, kdlora: &Path, shapes: &PaperShapes, results: &Path) -> 
     }
     let seconds = started.elapsed().as_secs_f64();
     std::fs::create_dir_all(results).with_context(|| format!("creating {}", results.display()))?;
-    let md = markdown(shapes, &rows, seconds);
+    let machine = crate::bench::machine(None);
+    let md = markdown(shapes, &rows, seconds, &machine_line(&machine));
     crate::tables::write_atomic(&results.join("table2-paper-shapes.md"), &md)?;
     let json = serde_json::json!({
         "shapes": shapes,
+        "machine": machine,
         "seconds": seconds,
         "rows": rows,
         "summary": summary(&rows),
@@ -234,13 +236,30 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
 }
 
-fn markdown(shapes: &PaperShapes, rows: &[ShapeRow], seconds: f64) -> String {
+/// "AMD EPYC ..., 2 cores (avx2, fma), 24 GB, Debian ..." from `bench::machine`.
+fn machine_line(m: &Value) -> String {
+    let flags: Vec<&str> = m["cpu_flags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "{}, {} cores ({}), {:.0} GB, {}",
+        m["cpu"].as_str().unwrap_or("unknown CPU"),
+        m["cores"].as_u64().unwrap_or(0),
+        flags.join(", "),
+        m["memory_gb"].as_f64().unwrap_or(f64::NAN),
+        m["os"].as_str().unwrap_or("unknown OS"),
+    )
+}
+
+fn markdown(shapes: &PaperShapes, rows: &[ShapeRow], seconds: f64, machine: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
         "# Table 2 at the paper's model shapes ({})\n",
         shapes.device
     );
+    let _ = writeln!(md, "Machine: {machine}.\n");
     let _ = writeln!(
         md,
         "The paper's models with fresh weights of their published shapes (`configs/models/`), \
@@ -358,7 +377,8 @@ mod tests {
             "batch = 8\nseq = 64\nsteps = 2\ninference_batch = 32\ninference_seq = 64\ninference_steps = 3",
         )
         .unwrap();
-        let md = markdown(&shapes, &rows, 60.0);
+        let md = markdown(&shapes, &rows, 60.0, "a test machine");
+        assert!(md.contains("Machine: a test machine."), "{md}");
         assert!(
             md.contains("| BERT | m | KD-LoRA | 10 | 100 | 700 | 0.35 | 296.8 | 0.22 |"),
             "{md}"

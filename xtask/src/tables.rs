@@ -416,7 +416,10 @@ fn score_label(rows: &[&Table1Row]) -> String {
     if names == glue {
         "**GLUE score** (mean of the 10 rows, MNLI twice, WNLI included, as the paper)".into()
     } else {
-        format!("**Score** (mean of the {} rows)", rows.len())
+        match rows.len() {
+            1 => "**Score** (the one row)".into(),
+            n => format!("**Score** (mean of the {n} rows)"),
+        }
     }
 }
 
