@@ -7,11 +7,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod compare_torch;
+mod fuzz;
 mod paper;
 mod paper_shapes;
 mod params;
 mod preset;
 mod reproduce;
+mod schedule;
+mod slurm;
+mod slurm_test;
 mod svg;
 mod tables;
 
@@ -57,6 +61,90 @@ enum Task {
         /// Create or update .venv-bench with the pinned versions (bench/setup-torch-venv.sh) first.
         #[arg(long)]
         setup_python: bool,
+        /// Runs of the grid to train at once, each its own `kdlora train` process (default: the
+        /// number of --devices, else 1: one after another). A KD-LoRA run waits for its FFT
+        /// teachers. With more than one, each run's output goes to <results>/logs/ and the console
+        /// gets one line per start and end. CPU runs get max(1, cores / N) threads each
+        /// (RAYON_NUM_THREADS, MATMUL_NUM_THREADS): N runs using every core each would fight over
+        /// the cores and all run slower.
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Devices the job slots take in turn, one kind only: cuda:0,cuda:1,... (each slot pinned
+        /// to its GPU through CUDA_VISIBLE_DEVICES; the runs' `device` becomes cuda), or cpu,
+        /// ndarray, wgpu, cuda (the default device). Default: each run's configured device.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<String>>,
+        /// Write the grid as Slurm job arrays instead of running it: one array task per run
+        /// (teachers, then the runs that need no teacher, then the KD-LoRA students after the
+        /// teachers), and a job that writes the tables. Submit with `bash <out>/submit.sh`.
+        #[arg(
+            long,
+            value_enum,
+            conflicts_with_all = ["dry_run", "compare_torch", "paper_shapes_only", "jobs"]
+        )]
+        emit: Option<Emit>,
+        /// The Slurm folder of --emit slurm and --gather (default: <results>/slurm); it and the
+        /// results folder must be on a filesystem the compute nodes share.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the tables from the run folders of an emitted Slurm grid (what its gather job
+        /// does); the grid (tasks, seeds, devices) is the emitted one.
+        #[arg(
+            long,
+            conflicts_with_all = ["emit", "dry_run", "compare_torch", "paper_shapes_only", "jobs", "devices", "tasks", "seeds"]
+        )]
+        gather: bool,
+        /// --emit slurm: each run's partition (default: the preset's [slurm], else the cluster's).
+        #[arg(long, requires = "emit")]
+        slurm_partition: Option<String>,
+        /// --emit slurm: each run's time limit (`4:00:00`, `1-00:00:00`).
+        #[arg(long, requires = "emit")]
+        slurm_time: Option<String>,
+        /// --emit slurm: CPUs per run (--cpus-per-task); CPU runs use that many threads.
+        #[arg(long, requires = "emit")]
+        slurm_cpus: Option<u32>,
+        /// --emit slurm: GPUs per run (--gres=gpu:N).
+        #[arg(long, requires = "emit")]
+        slurm_gpus: Option<u32>,
+        /// --emit slurm: memory per run (--mem, e.g. 16G).
+        #[arg(long, requires = "emit")]
+        slurm_mem: Option<String>,
+        /// --emit slurm: another sbatch option for every job, repeatable
+        /// (--slurm-option=--account=proj --slurm-option=--qos=normal).
+        #[arg(long, requires = "emit", allow_hyphen_values = true)]
+        slurm_option: Vec<String>,
+    },
+    /// Runs the `quick` preset through a real Slurm (a one-node cluster on this machine, set up by
+    /// xtask/slurm/local-cluster.sh when `sinfo` finds none; that needs root and apt-get) and
+    /// checks that its tables match the `--jobs 2` path's, and that a resubmission reuses finished
+    /// runs. Uses KDLORA_BIN when set, else builds kdlora.
+    SlurmTest {
+        /// Work folder (default: target/slurm-test); emptied first.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Minutes to wait for each submission before cancelling it.
+        #[arg(long, default_value_t = 30)]
+        timeout_min: u64,
+    },
+    /// One array task of an emitted Slurm grid (run by `<out>/cell.sbatch`).
+    #[command(hide = true)]
+    SlurmCell {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        emission: String,
+        #[arg(long, value_enum)]
+        group: slurm::Group,
+        #[arg(long)]
+        index: usize,
+        #[arg(long)]
+        kdlora: PathBuf,
+    },
+    /// The gather job of an emitted Slurm grid (run by `<out>/gather.sbatch`).
+    #[command(hide = true)]
+    SlurmGather {
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Throughput and peak memory of training (fft, lora, kd-lora) and inference, per model and
     /// device, optionally against PyTorch + PEFT (bench/torch_reference.py) in the same run.
@@ -108,6 +196,29 @@ enum Task {
         #[arg(long, env = "KDLORA_FIXTURE_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// Fuzz every loader of user files (GLUE data, configs, safetensors, adapters, the
+    /// teacher-logit store, checkpoints) for N minutes per target: the long form of the
+    /// harness `cargo test` runs briefly. Exits non-zero on any crash or hang.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long)]
+        minutes: f64,
+        /// Only these targets (default: all; names as printed in the table).
+        #[arg(long, value_delimiter = ',')]
+        target: Option<Vec<String>>,
+        /// Seed of the mutations (default: the harness's fixed seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Folder for reports and crash inputs (default: target/fuzz).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Peak MiB one execution may allocate before it counts as a crash (default 512).
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// Milliseconds after which an execution counts as a hang (default 5000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// The Python of the PyTorch side: `--python`, else the project's venv, created first when asked.
@@ -135,6 +246,13 @@ fn torch_python(root: &Path, python: Option<String>, setup: bool) -> Result<Stri
         );
         "python3".into()
     })
+}
+
+/// What `reproduce --emit` writes instead of running the grid.
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// Slurm job arrays (`sbatch`).
+    Slurm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -189,7 +307,73 @@ fn main() -> Result<()> {
             compare_torch,
             python,
             setup_python,
+            jobs,
+            devices,
+            emit,
+            out,
+            gather,
+            slurm_partition,
+            slurm_time,
+            slurm_cpus,
+            slurm_gpus,
+            slurm_mem,
+            slurm_option,
         } => {
+            let default_results = || root.join("results").join(preset.name());
+            if let Some(Emit::Slurm) = emit {
+                let results = results.unwrap_or_else(default_results);
+                let out = out.unwrap_or_else(|| results.join("slurm"));
+                let kdlora = reproduce::build_cli(&root)?;
+                let xtask = std::env::current_exe().context("locating the xtask binary")?;
+                let emitted = slurm::emit(
+                    &root,
+                    &shared_dir(&root),
+                    &slurm::EmitOptions {
+                        preset: preset.name(),
+                        results: &results,
+                        out: &out,
+                        tasks: tasks.as_deref(),
+                        seeds: seeds.as_deref(),
+                        devices: devices.as_deref(),
+                        resources: slurm::Resources {
+                            partition: slurm_partition,
+                            time: slurm_time,
+                            cpus: slurm_cpus,
+                            gpus: slurm_gpus,
+                            mem: slurm_mem,
+                            options: slurm_option,
+                        },
+                        kdlora: &kdlora,
+                        xtask: &xtask,
+                    },
+                )?;
+                let counts: Vec<String> = emitted
+                    .counts
+                    .iter()
+                    .map(|(group, n)| format!("{n} {}", group.name()))
+                    .collect();
+                eprintln!(
+                    "reproduce {} --emit slurm: {} (runs to {}).\n  submit: bash {}\n  \
+                     tables: written by the submission's last job, or `cargo xtask reproduce {} \
+                     --gather --out {}`",
+                    preset.name(),
+                    counts.join(", "),
+                    emitted.results.display(),
+                    emitted.out.join("submit.sh").display(),
+                    preset.name(),
+                    emitted.out.display()
+                );
+                return Ok(());
+            }
+            if gather {
+                let out = out.unwrap_or_else(|| {
+                    results
+                        .clone()
+                        .unwrap_or_else(default_results)
+                        .join("slurm")
+                });
+                return slurm::gather_preset(preset.name(), results.as_deref(), &out);
+            }
             let compare_torch = if compare_torch {
                 Some(compare_torch::TorchOptions {
                     python: torch_python(&root, python, setup_python)?,
@@ -211,10 +395,44 @@ fn main() -> Result<()> {
                     tasks,
                     seeds,
                     compare_torch,
+                    jobs,
+                    devices,
                 },
             )
         }
+        Task::SlurmTest { work, timeout_min } => slurm_test::run(
+            &root,
+            &shared_dir(&root),
+            work.unwrap_or_else(|| root.join("target/slurm-test")),
+            std::time::Duration::from_secs(timeout_min * 60),
+        ),
+        Task::SlurmCell {
+            out,
+            emission,
+            group,
+            index,
+            kdlora,
+        } => slurm::cell_task(&out, &emission, group, index, &kdlora),
+        Task::SlurmGather { out } => slurm::gather(&out),
         Task::Fixtures { python } => fixtures(&root, &python),
+        Task::Fuzz {
+            minutes,
+            target,
+            seed,
+            out,
+            memory_mb,
+            timeout_ms,
+        } => fuzz::run(
+            &root,
+            &fuzz::Options {
+                minutes,
+                targets: target,
+                seed,
+                out,
+                memory_mb,
+                timeout_ms,
+            },
+        ),
         Task::Bench {
             compare_torch,
             models,

@@ -37,6 +37,10 @@ pub struct Preset {
     /// Also measure Table 2 at the paper's model shapes (fresh weights) after the grid.
     #[serde(default)]
     pub paper_shapes: Option<crate::paper_shapes::PaperShapes>,
+    /// Resources of each run's Slurm array task (`reproduce --emit slurm`; `--slurm-*` flags
+    /// override them).
+    #[serde(default)]
+    pub slurm: Option<crate::slurm::Resources>,
 }
 
 /// A model family: teacher-size model (FFT and LoRA baselines) and its student (KD-LoRA).

@@ -69,8 +69,65 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the error before it
+/// already shows. The library errors put their source's message into their own (`{path}:
+/// {source}`) and also return it as `source()`, so anyhow's `{:#}` would print it twice or three
+/// times.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if previous.is_empty() {
+            out.push_str(&text);
+        } else if !previous.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("{path}: {source}")]
+        Io {
+            path: String,
+            #[source]
+            source: std::io::Error,
+        },
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("lora: {0}")]
+        Lora(#[from] Inner),
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::from(Outer::from(Inner::Io {
+            path: "a/b.json".into(),
+            source: io,
+        }))
+        .context("applying the adapter a");
+        assert_eq!(
+            render_error(&err),
+            "applying the adapter a: lora: a/b.json: no such file"
+        );
+        // The plain `{:#}` rendering this replaces repeated both causes.
+        assert_eq!(format!("{err:#}").matches("no such file").count(), 3);
     }
 }

@@ -9,9 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -517,10 +515,9 @@ fn read_logits(
         .collect())
 }
 
-/// Writes `bytes` to a temporary sibling of `path`, syncs it and renames it over `path`, so
-/// readers see either the old or the new file, never a partial one.
+/// Writes `bytes` with [`kdlora_schema::write_atomic`] (parent folders created): readers see
+/// either the old or the new file, never a partial one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistillError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io_err = |p: &Path| {
         let p = p.to_path_buf();
         move |source| DistillError::Io { path: p, source }
@@ -530,24 +527,5 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DistillError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "teacher_logits.safetensors".to_string());
-    let tmp = parent.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
-    })();
-    if result.is_err() {
-        // Best effort: a stale temporary file is harmless but untidy.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    kdlora_schema::write_atomic(path, bytes).map_err(io_err(path))
 }

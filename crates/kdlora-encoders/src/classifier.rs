@@ -277,13 +277,7 @@ impl<B: LoraOps> SequenceClassifier<B> {
 
     /// The longest sequence the position embeddings allow (RoBERTa loses `padding_idx + 1`).
     pub fn max_sequence_length(&self) -> usize {
-        let config = self.config();
-        match self {
-            Self::Roberta(_) => config
-                .max_position_embeddings
-                .saturating_sub(config.pad_token_id + 1),
-            _ => config.max_position_embeddings,
-        }
+        self.config().max_sequence_length()
     }
 
     /// Checks one sequence before it goes into [`SequenceClassifier::forward`]: ids within the
@@ -310,9 +304,10 @@ impl<B: LoraOps> SequenceClassifier<B> {
         }
         if input_ids.len() > self.max_sequence_length() {
             return invalid(format!(
-                "sequence of {} tokens is longer than the model's maximum of {}",
+                "sequence of {} tokens is longer than the model's maximum of {} ({})",
                 input_ids.len(),
-                self.max_sequence_length()
+                self.max_sequence_length(),
+                config.max_sequence_length_reason()
             ));
         }
         if let Some(id) = input_ids

@@ -349,6 +349,38 @@ impl ModelConfig {
                 ),
             ));
         }
+        // Indices and divisors read from the file: out of range they panic inside a gather or
+        // turn every output into NaN, long after loading.
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(invalid(
+                "layer_norm_eps",
+                format!("{} is not a positive number", self.layer_norm_eps),
+            ));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return Err(invalid(
+                "initializer_range",
+                format!("{} is not a number >= 0", self.initializer_range),
+            ));
+        }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(invalid(
+                "pad_token_id",
+                format!(
+                    "{} is outside the vocabulary (vocab_size {})",
+                    self.pad_token_id, self.vocab_size
+                ),
+            ));
+        }
+        if self.max_sequence_length() == 0 {
+            return Err(invalid(
+                "max_position_embeddings",
+                format!(
+                    "leaves no position for a token ({})",
+                    self.max_sequence_length_reason()
+                ),
+            ));
+        }
         for (value, key) in [
             (self.hidden_dropout_prob, "hidden_dropout_prob"),
             (
@@ -362,6 +394,40 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether position ids start after the padding index, as in RoBERTa (`padding_idx + 1`).
+    fn has_position_offset(&self) -> bool {
+        matches!(
+            self.model_type.as_str(),
+            "roberta" | "xlm-roberta" | "camembert"
+        )
+    }
+
+    /// The longest sequence the position embeddings allow: `max_position_embeddings`, less
+    /// RoBERTa's offset of `pad_token_id + 1`. Every length check (a configured `max_len`, a
+    /// sequence given to `logits`) compares against this one number.
+    pub fn max_sequence_length(&self) -> usize {
+        if self.has_position_offset() {
+            self.max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1)
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
+    /// How [`ModelConfig::max_sequence_length`] comes about, for error messages.
+    pub fn max_sequence_length_reason(&self) -> String {
+        if self.has_position_offset() {
+            format!(
+                "max_position_embeddings {} minus the {} positions {} reserves before the first token",
+                self.max_position_embeddings,
+                self.pad_token_id + 1,
+                self.model_type
+            )
+        } else {
+            format!("max_position_embeddings {}", self.max_position_embeddings)
+        }
     }
 
     /// The raw JSON object as read (before any change through the typed fields).
@@ -563,5 +629,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("swiglu"), "{err}");
+    }
+
+    /// Values that used to load and then panicked (an index) or produced NaN (a divisor).
+    #[test]
+    fn out_of_range_values_are_refused_at_load() {
+        for (json, key) in [
+            (
+                r#"{"model_type":"bert","layer_norm_eps":-1e-12}"#,
+                "layer_norm_eps",
+            ),
+            (
+                r#"{"model_type":"bert","layer_norm_eps":0}"#,
+                "layer_norm_eps",
+            ),
+            (
+                r#"{"model_type":"bert","initializer_range":-1}"#,
+                "initializer_range",
+            ),
+            (
+                r#"{"model_type":"bert","vocab_size":10,"pad_token_id":10}"#,
+                "pad_token_id",
+            ),
+            (
+                r#"{"model_type":"roberta","max_position_embeddings":2,"pad_token_id":1}"#,
+                "max_position_embeddings",
+            ),
+        ] {
+            let err = ModelConfig::from_json_str(json, Path::new("c.json")).unwrap_err();
+            assert!(
+                matches!(&err, EncoderError::InvalidConfig { field, .. } if field == key),
+                "{json}: {err}"
+            );
+            assert!(err.to_string().contains("c.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_sequence_length_subtracts_the_roberta_offset_only() {
+        let bert = ModelConfig::from_json_str(
+            r#"{"model_type":"bert","max_position_embeddings":512}"#,
+            Path::new("c.json"),
+        )
+        .unwrap();
+        assert_eq!(bert.max_sequence_length(), 512);
+        let roberta = ModelConfig::from_json_str(
+            r#"{"model_type":"roberta","max_position_embeddings":514,"pad_token_id":1}"#,
+            Path::new("c.json"),
+        )
+        .unwrap();
+        assert_eq!(roberta.max_sequence_length(), 512);
+        assert!(
+            roberta.max_sequence_length_reason().contains("514"),
+            "{}",
+            roberta.max_sequence_length_reason()
+        );
     }
 }

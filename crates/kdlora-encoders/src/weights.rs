@@ -658,19 +658,10 @@ impl TensorWriter {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a reader
-/// never sees a half-written file.
+/// Writes `bytes` to `path` with [`kdlora_schema::write_atomic`]: a reader never sees a
+/// half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EncoderError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|source| io_error(&tmp, source))?;
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(path, source)
-    })
+    kdlora_schema::write_atomic(path, bytes).map_err(|source| io_error(path, source))
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> EncoderError {

@@ -64,4 +64,4 @@ pub use submission::{
     read_predictions, write_atomic, write_predictions,
 };
 pub use task::{GlueTask, Metric, Split};
-pub use tokenize::{DEFAULT_MAX_LEN, EncodedExample, GlueTokenizer};
+pub use tokenize::{DEFAULT_MAX_LEN, EncodedExample, GlueTokenizer, max_token_id};

@@ -2,7 +2,6 @@
 //! MNLI/AX/QNLI/RTE and class ids elsewhere, scores for STS-B.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use crate::data::{GlueDataset, Label};
@@ -47,26 +46,15 @@ pub fn format_predictions(task: GlueTask, predictions: &[Prediction]) -> Result<
     Ok(out)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed and synced,
-/// then renamed over the target.
+/// Writes `bytes` to `path` with [`kdlora_schema::write_atomic`] (missing parent folders are
+/// created): never half a file, symlinks followed, pipes and devices written in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GlueError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| GlueError::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kdlora-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| GlueError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| GlueError::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| GlueError::io(tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| GlueError::io(path, e.error))?;
-    Ok(())
+    kdlora_schema::write_atomic(path, bytes).map_err(|e| GlueError::io(path, e))
 }
 
 /// Writes a submission file atomically.

@@ -55,6 +55,12 @@ impl std::fmt::Debug for GlueTokenizer {
     }
 }
 
+/// The largest token id `tokenizer` can produce (its vocabulary and added tokens), `None` for an
+/// empty vocabulary. A model whose embedding table is smaller than this would index past it.
+pub fn max_token_id(tokenizer: &Tokenizer) -> Option<u32> {
+    tokenizer.get_vocab(true).into_values().max()
+}
+
 /// Default maximum sequence length (the paper pads and truncates to 512).
 pub const DEFAULT_MAX_LEN: usize = 512;
 
@@ -139,6 +145,11 @@ impl GlueTokenizer {
     /// The token type id used for padding.
     pub fn pad_type_id(&self) -> u32 {
         self.pad_type_id
+    }
+
+    /// The largest token id the tokenizer can produce (see [`max_token_id`]).
+    pub fn max_token_id(&self) -> Option<u32> {
+        max_token_id(&self.tokenizer)
     }
 
     /// The wrapped tokenizer.

@@ -180,6 +180,17 @@ pub enum LoraError {
         reason: String,
     },
 
+    /// `target_modules` of `adapter_config.json`, the adapter's tensors and the model disagree: a
+    /// target the model does not have, tensors for modules no target names, or targeted modules
+    /// without tensors (an adapter trained on a model with fewer layers).
+    #[error("{}: {message}", path.display())]
+    TargetMismatch {
+        /// The adapter folder.
+        path: PathBuf,
+        /// Which modules disagree, with examples.
+        message: String,
+    },
+
     /// One of `lora_A` / `lora_B` is present for a module without the other.
     #[error("{}: module {module} has {present} but no {absent}", path.display())]
     IncompletePair {

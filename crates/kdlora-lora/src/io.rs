@@ -1,7 +1,6 @@
 //! Small file helpers: atomic writes and f32 safetensors in and out.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -19,34 +18,14 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers
-/// never see a half-written file.
+/// Writes `bytes` to `path` with [`kdlora_schema::write_atomic`]: readers never see a
+/// half-written file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
-    let io = |action, source| LoraError::Io {
-        action,
+    kdlora_schema::write_atomic(path, bytes).map_err(|source| LoraError::Io {
+        action: "writing",
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("writing", e));
-    }
-    Ok(())
+    })
 }
 
 /// Reads every tensor of a safetensors file as f32 (f32, f16, bf16 and f64 files are accepted).

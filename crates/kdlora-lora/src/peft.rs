@@ -381,9 +381,7 @@ where
         let (d_in, d_out, has_bias) = shapes[path];
         check_module(&weights_path, peft.r, path, t, d_in, d_out, has_bias)?;
     }
-    if modules.values().all(|t| t.lora_a.is_none()) {
-        tracing::warn!(file = %weights_path.display(), "adapter file holds no LoRA tensors");
-    }
+    check_targets(&model, &peft, dir, &modules)?;
 
     let cfg = peft.to_lora_config();
     let scaling = cfg.scaling();
@@ -409,6 +407,99 @@ where
     });
     tracing::info!(dir = %dir.display(), r = cfg.r, scaling, "adapter loaded");
     Ok((model, cfg))
+}
+
+/// Checks `target_modules` against the model and the tensors: every target must name a module of
+/// the model (PEFT refuses the adapter otherwise), and the modules it names must be exactly those
+/// with LoRA tensors. PEFT only warns ("missing adapter keys") when targeted modules have no
+/// tensors and leaves them unadapted; that silently yields a different model (an adapter from a
+/// 3-layer model on a 6-layer one), so it is an error here.
+fn check_targets<B, M>(
+    model: &M,
+    peft: &PeftAdapterConfig,
+    dir: &Path,
+    modules: &BTreeMap<String, ModuleTensors>,
+) -> Result<(), LoraError>
+where
+    B: LoraOps,
+    M: AdaptableModel<B>,
+{
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    let mismatch = |path: &Path, message: String| LoraError::TargetMismatch {
+        path: path.to_path_buf(),
+        message,
+    };
+    let base = peft
+        .base_model_name_or_path
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown");
+    let mut cfg = peft.to_lora_config();
+    // PEFT lists `score` for every SEQ_CLS adapter; entries no module has are not worth the
+    // warning `plan` gives for them.
+    let paths = linear_paths(model);
+    if let Some(names) = cfg.modules_to_save.as_mut() {
+        names.retain(|n| paths.iter().any(|p| module_covers(n, p)));
+    }
+    if cfg.modules_to_save.as_ref().is_some_and(Vec::is_empty) {
+        cfg.modules_to_save = None;
+    }
+    let plan = crate::inject::plan(model, &cfg).map_err(|e| match e {
+        LoraError::TargetNotFound {
+            target,
+            model_type,
+            count,
+            examples,
+        } => mismatch(
+            &config_path,
+            format!(
+                "target_modules entry {target:?} matches no linear module of this {model_type} \
+                 model ({count} linear modules, e.g. {examples}); the adapter was made for \
+                 another model (its base: {base})"
+            ),
+        ),
+        other => other,
+    })?;
+    let adapted: BTreeSet<&str> = modules
+        .iter()
+        .filter(|(_, t)| t.lora_a.is_some())
+        .map(|(p, _)| p.as_str())
+        .collect();
+    let targeted: BTreeSet<&str> = plan.targets.iter().map(String::as_str).collect();
+    let untargeted: Vec<String> = adapted
+        .difference(&targeted)
+        .map(|p| p.to_string())
+        .collect();
+    if !untargeted.is_empty() {
+        return Err(mismatch(
+            &weights_path,
+            format!(
+                "LoRA tensors for {} module(s) that target_modules in {} does not name, e.g. {}",
+                untargeted.len(),
+                config_path.display(),
+                sample(&untargeted, EXAMPLES)
+            ),
+        ));
+    }
+    let bare: Vec<String> = targeted
+        .difference(&adapted)
+        .map(|p| p.to_string())
+        .collect();
+    if !bare.is_empty() {
+        return Err(mismatch(
+            &weights_path,
+            format!(
+                "{} of the {} module(s) that target_modules names in this model have no LoRA \
+                 tensors, e.g. {}: the adapter was trained on a model with fewer layers or other \
+                 modules (its base: {base}) and would leave them unadapted",
+                bare.len(),
+                targeted.len(),
+                sample(&bare, EXAMPLES)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn host_to_tensor<B: LoraOps, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {

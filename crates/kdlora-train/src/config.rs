@@ -85,6 +85,18 @@ pub struct RunConfig {
     /// Teacher run folder (an FFT run with `model/`), required by `kd-lora` and `kd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
+    /// Accept a teacher that is not a kdlora run folder (a model folder or Hub id). Its
+    /// classification head should already be fine-tuned for the task, which kdlora cannot check;
+    /// a head the checkpoint lacks is initialised fresh with a warning. Off by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_model_teacher: bool,
+    /// Stop the run when a step's loss exceeds this multiple of the run's first step loss
+    /// (divergence, usually a learning rate far too high); 0 disables the check.
+    #[serde(
+        default = "default_divergence_factor",
+        skip_serializing_if = "is_default_divergence_factor"
+    )]
+    pub divergence_factor: f64,
     /// Backend: `cpu` (Burn's Flex backend), `ndarray`, `wgpu` or `cuda` (as compiled into the binary).
     #[serde(default = "default_device")]
     pub device: String,
@@ -147,6 +159,16 @@ pub struct RunConfig {
     pub kd: kdlora_distill::KdConfig,
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+fn default_divergence_factor() -> f64 {
+    100.0
+}
+// Not written to config.toml at its default, so saved configurations stay as they were.
+fn is_default_divergence_factor(value: &f64) -> bool {
+    *value == default_divergence_factor()
+}
 fn default_device() -> String {
     "cpu".into()
 }
@@ -190,6 +212,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "data",
     "out",
     "teacher",
+    "allow_model_teacher",
+    "divergence_factor",
     "device",
     "epochs",
     "batch_size",
@@ -362,6 +386,15 @@ impl RunConfig {
             return Err(TrainError::invalid(
                 "grad_clip",
                 "must be >= 0 (0 disables clipping)",
+            ));
+        }
+        if !(self.divergence_factor.is_finite() && self.divergence_factor >= 0.0) {
+            return Err(TrainError::invalid(
+                "divergence_factor",
+                format!(
+                    "{} is not a number >= 0 (0 disables the check)",
+                    self.divergence_factor
+                ),
             ));
         }
         if matches!(self.max_train_examples, Some(0)) {

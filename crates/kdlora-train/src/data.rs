@@ -34,14 +34,17 @@ impl SplitData {
         limit: Option<usize>,
         tokenizer: &GlueTokenizer,
     ) -> Result<Self> {
-        let mut examples = GlueDataset::load(dir, task, split)?.into_examples();
+        let dataset = GlueDataset::load(dir, task, split)?;
+        // The file, not the folder: the folder may hold the task's files in two layouts.
+        let path = dataset.path().to_path_buf();
+        let mut examples = dataset.into_examples();
         if let Some(n) = limit {
             examples.truncate(n);
         }
         if examples.is_empty() {
             return Err(TrainError::BadFile {
-                path: dir.to_path_buf(),
-                message: format!("no {split:?} examples for {task}"),
+                path,
+                message: format!("no {} examples for {task} (only a header?)", split.name()),
             });
         }
         let encoded = tokenizer.encode_examples(&examples)?;

@@ -50,6 +50,51 @@ pub enum TrainError {
         value: f32,
     },
 
+    /// The loss stayed finite but exploded: above `divergence_factor` times the run's first.
+    #[error(
+        "training diverged at optimizer step {step} (epoch {epoch}): loss {loss:.4e} is more than \
+         divergence_factor = {factor} times the first step's {first:.4}; the run was stopped and \
+         this step's checkpoint was not written (lower the learning rate, or set \
+         divergence_factor = 0 to train on regardless)"
+    )]
+    Diverged {
+        /// Global optimizer step (1-based).
+        step: usize,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// The step's mean loss.
+        loss: f64,
+        /// The run's first step loss.
+        first: f64,
+        /// The configured factor.
+        factor: f64,
+    },
+
+    /// A run folder has its `config.toml` but no `model/` or `adapter/`: it was stopped before
+    /// its first epoch ended, or it failed.
+    #[error(
+        "{}: this run did not finish (no model/ or adapter/ yet); resume it with \
+         `kdlora train --config {} --resume`",
+        path.display(),
+        path.join("config.toml").display()
+    )]
+    UnfinishedRun {
+        /// The run folder.
+        path: PathBuf,
+    },
+
+    /// A model produced a NaN or infinite logit: broken weights or `config.json` values.
+    #[error(
+        "{context}: the model produced a non-finite logit ({value}); its weights or config.json \
+         are broken"
+    )]
+    NonFiniteLogits {
+        /// Which input (split and row).
+        context: String,
+        /// The offending value.
+        value: f32,
+    },
+
     /// The encoder crate failed (loading or saving a model).
     #[error("model: {0}")]
     Encoder(#[from] kdlora_encoders::EncoderError),

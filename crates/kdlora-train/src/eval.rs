@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kdlora_encoders::{LoadOptions, SequenceClassifier};
-use kdlora_glue::{GlueBatcher, GlueTask, GlueTokenizer, Label, Prediction, Split, TaskMetrics};
+use kdlora_encoders::{LoadOptions, ModelConfig, SequenceClassifier};
+use kdlora_glue::{
+    DEFAULT_MAX_LEN, GlueBatcher, GlueTask, GlueTokenizer, Label, Prediction, Split, TaskMetrics,
+};
 use kdlora_lora::LoraOps;
 
 use crate::config::RunConfig;
@@ -38,6 +40,117 @@ pub struct LoadedModel<B: LoraOps> {
     pub config: Option<RunConfig>,
     /// Files whose bytes determine the model's outputs (for cache keys).
     pub weight_files: Vec<PathBuf>,
+    /// The tokenizer's file.
+    pub tokenizer_path: PathBuf,
+    /// Module paths the checkpoint lacked and that were freshly initialised (a plain model folder
+    /// without a trained head); empty for run folders.
+    pub initialised: Vec<String>,
+}
+
+/// Refuses a run folder that has its `config.toml` but no `model/` or `adapter/` (stopped or
+/// failed before its first epoch ended) with how to resume it, instead of reading the folder as
+/// a model folder and failing on its missing `config.json`.
+pub fn check_finished(path: &Path) -> Result<()> {
+    let run = RunDir::new(path);
+    if run.config().is_file() && !run.model().is_dir() && !run.adapter().is_dir() {
+        return Err(TrainError::UnfinishedRun {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The one check that a tokenizer and a `max_len` fit a model, run by every command that
+/// tokenizes (train for student and teacher, eval, predict, logits): `max_len` within the
+/// positions the model has ([`ModelConfig::max_sequence_length`]) and every id the tokenizer can
+/// produce inside the embedding table. Either mismatch would otherwise panic in the embedding
+/// lookup at the first long or rare input.
+pub fn check_tokenizer_fits(
+    config: &ModelConfig,
+    model_dir: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+    tokenizer_path: &Path,
+    max_len: Option<usize>,
+) -> Result<()> {
+    if let Some(max_len) = max_len
+        && max_len > config.max_sequence_length()
+    {
+        return Err(TrainError::invalid(
+            "max_len",
+            format!(
+                "{max_len} is more than the {} tokens the model {} takes ({}); set max_len to at \
+                 most {}",
+                config.max_sequence_length(),
+                model_dir.display(),
+                config.max_sequence_length_reason(),
+                config.max_sequence_length()
+            ),
+        ));
+    }
+    if let Some(id) = kdlora_glue::max_token_id(tokenizer)
+        && id as usize >= config.vocab_size
+    {
+        return Err(TrainError::BadFile {
+            path: tokenizer_path.to_path_buf(),
+            message: format!(
+                "has token ids up to {id}, but the model's config.json in {} has vocab_size {}: \
+                 the tokenizer does not belong to this model",
+                model_dir.display(),
+                config.vocab_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Applies the PEFT adapter in `adapter_dir` to `base` (loaded from `base_dir`), with
+/// [`kdlora_lora::load_adapter`]'s checks, and warns when the adapter records another base model
+/// (PEFT does not check it either, but a differing name usually means the wrong base).
+pub fn apply_adapter<B: LoraOps>(
+    base: SequenceClassifier<B>,
+    base_dir: &Path,
+    adapter_dir: &Path,
+    device: &B::Device,
+) -> Result<SequenceClassifier<B>> {
+    let (model, _) = kdlora_lora::load_adapter(base, adapter_dir, device)?;
+    let recorded = kdlora_lora::PeftAdapterConfig::read(adapter_dir)?
+        .base_model_name_or_path
+        .unwrap_or_default();
+    if !same_base(&recorded, base_dir) {
+        tracing::warn!(
+            adapter = %adapter_dir.display(),
+            adapter_base = recorded.as_str(),
+            base = %base_dir.display(),
+            "the adapter was trained on another base model (base_model_name_or_path differs)"
+        );
+    }
+    Ok(model)
+}
+
+/// Whether an adapter's `base_model_name_or_path` names `base_dir`: the same folder, the Hub
+/// repository the folder is a snapshot of, or a folder of the same name (PEFT records whatever
+/// path the base was loaded from, so only the last component is comparable across machines).
+fn same_base(recorded: &str, base_dir: &Path) -> bool {
+    let recorded = recorded.trim_end_matches('/');
+    if recorded.is_empty() {
+        return true;
+    }
+    if let (Ok(a), Ok(b)) = (
+        std::fs::canonicalize(recorded),
+        std::fs::canonicalize(base_dir),
+    ) && a == b
+    {
+        return true;
+    }
+    let last = |s: &str| s.rsplit(['/', '\\']).next().unwrap_or(s).to_string();
+    if let Some(hub) = crate::hub::hub_source(base_dir)
+        && (hub.id == recorded || last(&hub.id) == last(recorded))
+    {
+        return true;
+    }
+    base_dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy() == last(recorded))
 }
 
 /// Whether `path` is a run folder (has `config.toml` and a `model/` or `adapter/`).
@@ -70,19 +183,33 @@ pub fn load_model<B: LoraOps>(
     num_labels: Option<usize>,
     device: &B::Device,
 ) -> Result<LoadedModel<B>> {
+    check_finished(path)?;
     if !is_run_dir(path) {
         let path = &resolve_model_path(path)?;
         let options = LoadOptions {
             num_labels,
             ..Default::default()
         };
-        let (model, _) = SequenceClassifier::<B>::load(path, &options, device)?;
-        let tokenizer = GlueTokenizer::from_file(&path.join(TOKENIZER_FILE))?;
+        let (model, report) = SequenceClassifier::<B>::load(path, &options, device)?;
+        let tokenizer_path = path.join(TOKENIZER_FILE);
+        // No run configuration says how long inputs may be: the default, within the positions
+        // the model has.
+        let max_len = DEFAULT_MAX_LEN.min(model.max_sequence_length());
+        let tokenizer = GlueTokenizer::from_file(&tokenizer_path)?.with_max_len(max_len)?;
+        check_tokenizer_fits(
+            model.config(),
+            path,
+            tokenizer.inner(),
+            &tokenizer_path,
+            None,
+        )?;
         return Ok(LoadedModel {
             model,
             tokenizer,
             config: None,
             weight_files: vec![path.join(kdlora_encoders::WEIGHTS_FILE)],
+            tokenizer_path,
+            initialised: report.initialised,
         });
     }
     let run = RunDir::new(path);
@@ -108,7 +235,7 @@ pub fn load_model<B: LoraOps>(
         // Saved configs hold a local folder; a hand-written one may name a Hub id.
         let base_dir = resolve_model_path(&cfg.model)?;
         let (base, _) = SequenceClassifier::<B>::load(&base_dir, &options, device)?;
-        let (model, _) = kdlora_lora::load_adapter(base, &run.adapter(), device)?;
+        let model = apply_adapter(base, &base_dir, &run.adapter(), device)?;
         (
             model,
             vec![
@@ -118,13 +245,31 @@ pub fn load_model<B: LoraOps>(
             base_dir,
         )
     };
-    let tokenizer =
-        GlueTokenizer::from_file(&tokenizer_dir.join(TOKENIZER_FILE))?.with_max_len(cfg.max_len)?;
+    let tokenizer_path = tokenizer_dir.join(TOKENIZER_FILE);
+    let tokenizer = GlueTokenizer::from_file(&tokenizer_path)?;
+    check_tokenizer_fits(
+        model.config(),
+        &tokenizer_dir,
+        tokenizer.inner(),
+        &tokenizer_path,
+        Some(cfg.max_len),
+    )
+    .map_err(|e| match e {
+        // The key is the run's: say which file holds it.
+        TrainError::InvalidValue { key, message } => TrainError::BadFile {
+            path: run.config(),
+            message: format!("key `{key}`: {message}"),
+        },
+        other => other,
+    })?;
+    let tokenizer = tokenizer.with_max_len(cfg.max_len)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         config: Some(cfg),
         weight_files,
+        tokenizer_path,
+        initialised: Vec::new(),
     })
 }
 
@@ -148,6 +293,15 @@ pub fn logits<B: LoraOps>(
             .convert::<f32>()
             .to_vec::<f32>()
             .map_err(|e| TrainError::Config(format!("reading logits: {e:?}")))?;
+        // A NaN would otherwise become class 0 (argmax) or a NaN score without a word.
+        if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            let position = chunk[at / cols.max(1)];
+            let row = data.encoded.get(position).map_or(position, |e| e.index);
+            return Err(TrainError::NonFiniteLogits {
+                context: format!("{} {:?} row {row}", data.task, data.split),
+                value: values[at],
+            });
+        }
         for r in 0..rows {
             out.push(values[r * cols..(r + 1) * cols].to_vec());
         }
@@ -245,11 +399,17 @@ pub fn eval_run<B: LoraOps>(
     data_dir: Option<&Path>,
     device: &B::Device,
 ) -> Result<TaskMetrics> {
-    let mut loaded = load_model::<B>(run_dir, None, device)?;
-    let cfg = loaded.config.take().ok_or_else(|| TrainError::BadFile {
+    check_finished(run_dir)?;
+    // Checked before loading: a missing folder that looks like `org/name` is no Hub id here.
+    let not_a_run = || TrainError::BadFile {
         path: run_dir.to_path_buf(),
         message: "not a run folder (needs config.toml and model/ or adapter/)".into(),
-    })?;
+    };
+    if !is_run_dir(run_dir) {
+        return Err(not_a_run());
+    }
+    let mut loaded = load_model::<B>(run_dir, None, device)?;
+    let cfg = loaded.config.take().ok_or_else(not_a_run)?;
     let task = cfg.glue_task()?;
     kdlora_lora::merge(&mut loaded.model);
     let data = SplitData::load(
@@ -311,4 +471,87 @@ pub fn predict_run<B: LoraOps>(
     }
     kdlora_glue::write_predictions(out, task, &preds)?;
     Ok(preds.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny BERT fixture: 100 tokens, 40 positions.
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../kdlora-encoders/tests/fixtures/bert_cls3")
+    }
+
+    fn config(json: &str) -> ModelConfig {
+        ModelConfig::from_json_str(json, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn max_len_beyond_the_positions_names_the_key_and_both_numbers() {
+        let tokenizer_path = fixture().join(TOKENIZER_FILE);
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).unwrap();
+        let bert = config(r#"{"model_type":"bert","vocab_size":100,"max_position_embeddings":40}"#);
+        let dir = fixture();
+        check_tokenizer_fits(&bert, &dir, &tokenizer, &tokenizer_path, Some(40)).unwrap();
+        let err = check_tokenizer_fits(&bert, &dir, &tokenizer, &tokenizer_path, Some(1000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`max_len`") && err.contains("1000") && err.contains("40"),
+            "{err}"
+        );
+        // RoBERTa loses its padding offset.
+        let roberta = config(
+            r#"{"model_type":"roberta","vocab_size":100,"max_position_embeddings":42,"pad_token_id":1}"#,
+        );
+        check_tokenizer_fits(&roberta, &dir, &tokenizer, &tokenizer_path, Some(40)).unwrap();
+        let err = check_tokenizer_fits(&roberta, &dir, &tokenizer, &tokenizer_path, Some(41))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("42") && err.contains("at most 40"), "{err}");
+    }
+
+    #[test]
+    fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+        let tokenizer_path = fixture().join(TOKENIZER_FILE);
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).unwrap();
+        let small = config(r#"{"model_type":"bert","vocab_size":50}"#);
+        let err = check_tokenizer_fits(&small, &fixture(), &tokenizer, &tokenizer_path, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("99") && err.contains("vocab_size 50"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn adapter_base_names_compare_by_folder_or_hub_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("paraphrase-MiniLM-L3-v2");
+        std::fs::create_dir(&base).unwrap();
+        assert!(same_base("", &base));
+        assert!(same_base(&base.to_string_lossy(), &base));
+        assert!(same_base(
+            "sentence-transformers/paraphrase-MiniLM-L3-v2",
+            &base
+        ));
+        assert!(same_base("/elsewhere/paraphrase-MiniLM-L3-v2/", &base));
+        assert!(!same_base("sentence-transformers/all-MiniLM-L6-v2", &base));
+    }
+
+    #[test]
+    fn an_unfinished_run_says_how_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::write(run.config(), b"").unwrap();
+        std::fs::create_dir(run.checkpoints()).unwrap();
+        let err = check_finished(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("did not finish") && err.contains("--config") && err.contains("--resume"),
+            "{err}"
+        );
+        std::fs::create_dir(run.adapter()).unwrap();
+        check_finished(dir.path()).unwrap();
+    }
 }

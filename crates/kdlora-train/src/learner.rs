@@ -85,6 +85,9 @@ struct EngineState {
     /// What the train step hands to the optimizer step that follows it.
     pending: Option<Pending>,
     records: Vec<EpochRecord>,
+    /// The divergence check (a resumed learner run takes its first loss afresh: its
+    /// checkpoints are burn-train's and do not carry it).
+    divergence: crate::runner::DivergenceWatch,
 }
 
 struct Pending {
@@ -347,6 +350,13 @@ impl<B: AutodiffLoraOps> Optimizer<StudentStep<B>, B> for LearnerAdamW<B> {
             st.epoch_loss_sum += value;
             st.epoch_batches += 1;
         }
+        let mean = step_loss / pending.losses.len().max(1) as f64;
+        let step = st.global_step + 1;
+        if let Err(diverged) = st.divergence.observe(step, pending.epoch, mean) {
+            drop(st);
+            shared.fail(diverged);
+            return module;
+        }
         st.global_step += 1;
         st.train_examples += pending.examples;
         let secs = pending.start.elapsed().as_secs_f64();
@@ -357,7 +367,7 @@ impl<B: AutodiffLoraOps> Optimizer<StudentStep<B>, B> for LearnerAdamW<B> {
             epoch: pending.epoch,
             step: st.global_step,
             total_steps: shared.ctx.total_steps(),
-            loss: step_loss / pending.losses.len().max(1) as f64,
+            loss: mean,
             lr,
             examples_per_second: if st.train_seconds > 0.0 {
                 st.train_examples as f64 / st.train_seconds
@@ -742,6 +752,7 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
             ctx.warmup_steps(),
         ),
         pending: None,
+        divergence: crate::runner::DivergenceWatch::new(ctx.cfg.divergence_factor, None),
         records,
     };
     let (tx, rx) = channel::<Event>();

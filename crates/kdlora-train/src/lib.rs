@@ -61,8 +61,9 @@ pub use config::{ConfigSources, Engine, Method, RunConfig};
 pub use data::SplitData;
 pub use error::{Result, TrainError};
 pub use eval::{
-    InferenceTiming, LoadedModel, TOKENIZER_FILE, eval_run, evaluate_model, is_run_dir, load_model,
-    logits, predict_run, predictions, time_inference, tokenizer_dir,
+    InferenceTiming, LoadedModel, TOKENIZER_FILE, apply_adapter, check_finished,
+    check_tokenizer_fits, eval_run, evaluate_model, is_run_dir, load_model, logits, predict_run,
+    predictions, time_inference, tokenizer_dir,
 };
 pub use hub::{
     DEFAULT_ENDPOINT, DEFAULT_REVISION, HubSettings, HubSource, OPTIONAL_FILES, REQUIRED_FILES,

@@ -1,7 +1,6 @@
 //! The run folder: its layout, atomic writes, per-epoch metrics and checkpoint bookkeeping.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -125,22 +124,16 @@ pub struct CheckpointState {
     pub epoch_batches: usize,
     /// Training seconds of the current epoch so far.
     pub epoch_seconds: f64,
+    /// The run's first step loss, the reference of the divergence warning (absent in checkpoints
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_loss: Option<f64>,
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+/// Writes `bytes` to `path` with [`kdlora_schema::write_atomic`] (temporary file in the same
+/// folder, then rename; symlinks followed).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = RunDir::temp_for(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(TrainError::io(path, e));
-    }
-    Ok(())
+    kdlora_schema::write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// Serialises `value` as pretty JSON into `path` atomically.
@@ -262,6 +255,7 @@ mod tests {
             epoch_loss_sum: 0.0,
             epoch_batches: 0,
             epoch_seconds: 0.0,
+            first_loss: None,
         };
         for (name, step) in [("step-00000004", 4), ("step-00000009", 9)] {
             let d = run.checkpoints().join(name);

@@ -1,5 +1,6 @@
 //! The training loop: FFT, LoRA, KD-LoRA and KD runs from a [`RunConfig`] to a finished run folder.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +19,10 @@ use rand::seq::SliceRandom;
 use crate::config::{Engine, RunConfig};
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
-use crate::eval::{TOKENIZER_FILE, TOKENIZER_FILES, evaluate_model, load_model, time_inference};
+use crate::eval::{
+    TOKENIZER_FILE, TOKENIZER_FILES, check_finished, check_tokenizer_fits, evaluate_model,
+    load_model, time_inference,
+};
 use crate::memory::{DEVICE_MEMORY_METHOD, PEAK_RSS_METHOD, peak_rss_bytes};
 use crate::optim::{GroupedAdamW, ParamCounts, linear_schedule, param_groups};
 use crate::progress::{StepInfo, TrainObserver};
@@ -94,6 +98,170 @@ fn comparable(cfg: &RunConfig) -> RunConfig {
     c
 }
 
+/// The dotted keys whose values differ between two TOML documents, each with both values.
+fn differing_keys(saved: &str, given: &str) -> Vec<String> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let key = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    flatten(&key, value, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let parse = |text: &str| {
+        let mut out = BTreeMap::new();
+        if let Ok(table) = toml::from_str::<toml::Table>(text) {
+            flatten("", &toml::Value::Table(table), &mut out);
+        }
+        out
+    };
+    let (saved, given) = (parse(saved), parse(given));
+    let keys: BTreeSet<&String> = saved.keys().chain(given.keys()).collect();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != given.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.map_or("(absent)".to_string(), String::clone);
+            format!(
+                "`{k}` (saved {}, given {})",
+                show(saved.get(k)),
+                show(given.get(k))
+            )
+        })
+        .collect()
+}
+
+/// Checks the teacher before anything is loaded or written: a kdlora run folder must have
+/// finished and been trained on this run's task; anything else (a model folder, a Hub id, a
+/// mistyped path) needs `allow_model_teacher`, so a typo is never looked up on the Hub and an
+/// untuned head is never distilled from by accident.
+fn check_teacher(cfg: &RunConfig, task: GlueTask) -> Result<()> {
+    let Some(teacher) = cfg.teacher.as_ref().filter(|_| cfg.method.uses_teacher()) else {
+        return Ok(());
+    };
+    let run = RunDir::new(teacher);
+    if run.config().is_file() {
+        check_finished(teacher)?;
+        let saved = RunConfig::from_toml_file(&run.config())?;
+        let teacher_task = saved.glue_task().map_err(|e| TrainError::BadFile {
+            path: run.config(),
+            message: e.to_string(),
+        })?;
+        if teacher_task != task {
+            return Err(TrainError::invalid(
+                "teacher",
+                format!(
+                    "{} was trained on {teacher_task}, this run is {task}: the teacher must be \
+                     fine-tuned on the same task",
+                    teacher.display()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if !cfg.allow_model_teacher {
+        return Err(TrainError::invalid(
+            "teacher",
+            format!(
+                "{} is not a kdlora run folder (no config.toml); give a run fine-tuned on {task} \
+                 (`kdlora train --method fft ...`), or, for a model folder or Hub id whose \
+                 classification head is already fine-tuned for {task}, set \
+                 allow_model_teacher = true (`--set allow_model_teacher=true`)",
+                teacher.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes what a killed process leaves in a run folder: staged `.adapter.tmp-PID/`,
+/// `.model.old-PID/`, `.step-N.tmp-PID/` folders and temporary files. Only names of that shape
+/// are touched.
+fn remove_stale_temporaries(run: &RunDir) -> Result<()> {
+    for dir in [run.root().to_path_buf(), run.checkpoints()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| TrainError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !kdlora_schema::is_temporary_name(&name) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| TrainError::io(&path, e))?;
+            tracing::debug!(path = %path.display(), "removed a stale temporary");
+        }
+    }
+    Ok(())
+}
+
+/// Undoes what a fresh run that failed before its first checkpoint wrote (its `config.toml`, and
+/// the folder when this invocation created it and nothing else is left), so the folder does not
+/// look like a run. Best effort: the run's own error is what gets reported.
+fn discard_unstarted_run(run: &RunDir, created_root: bool) {
+    let started = run.checkpoints().exists()
+        || has_entries(&run.learner_dir().join("checkpoint"))
+        || run.metrics_json().exists();
+    if started {
+        return;
+    }
+    let _ = std::fs::remove_file(run.config());
+    let _ = remove_stale_temporaries(run);
+    if created_root {
+        // Fails, as intended, when the folder is not empty (a teacher-logit cache, user files).
+        let _ = std::fs::remove_dir(run.root());
+    }
+}
+
+/// Watches the step loss for divergence: a loss above `factor` times the first step's (at least
+/// 0.1, so that a near-zero start does not make noise a divergence). NaN and infinity are stopped
+/// elsewhere ([`TrainError::NonFiniteLoss`]); this stops a finite loss that exploded.
+#[derive(Clone, Debug)]
+pub(crate) struct DivergenceWatch {
+    factor: f64,
+    first: Option<f64>,
+}
+
+impl DivergenceWatch {
+    pub(crate) fn new(factor: f64, first: Option<f64>) -> Self {
+        Self { factor, first }
+    }
+
+    /// The first step loss seen (for the checkpoint, so a resumed run compares with the same).
+    pub(crate) fn first(&self) -> Option<f64> {
+        self.first
+    }
+
+    /// Records a step's mean loss; [`TrainError::Diverged`] when it exploded.
+    pub(crate) fn observe(&mut self, step: usize, epoch: usize, loss: f64) -> Result<()> {
+        let first = *self.first.get_or_insert(loss);
+        if self.factor > 0.0 && loss > self.factor * first.max(0.1) {
+            return Err(TrainError::Diverged {
+                step,
+                epoch,
+                loss,
+                first,
+                factor: self.factor,
+            });
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
     // SplitMix64 finaliser over (seed, stream, n): distinct, well-spread seeds per epoch/step.
     let mut z = seed
@@ -130,6 +298,23 @@ fn teacher_logits<B: LoraOps>(
         .ok_or_else(|| TrainError::invalid("teacher", "missing"))?;
     let task = cfg.glue_task()?;
     let teacher = load_model::<B>(teacher_path, Some(task.num_labels()), device)?;
+    if !teacher.initialised.is_empty() {
+        // Only reachable with allow_model_teacher (check_teacher refuses model folders otherwise):
+        // the user asked for it, but the result teaches random outputs.
+        tracing::warn!(
+            teacher = %teacher_path.display(),
+            initialised = ?teacher.initialised,
+            "the teacher checkpoint has no head for {task}; distilling from a freshly initialised one"
+        );
+    }
+    // The teacher reads the examples with its own tokenizer at the run's max_len.
+    check_tokenizer_fits(
+        teacher.model.config(),
+        teacher_path,
+        teacher.tokenizer.inner(),
+        &teacher.tokenizer_path,
+        Some(cfg.max_len),
+    )?;
     if teacher.model.num_labels() != task.num_labels() {
         return Err(TrainError::invalid(
             "teacher",
@@ -142,7 +327,6 @@ fn teacher_logits<B: LoraOps>(
     }
     let mut model = teacher.model;
     kdlora_lora::merge(&mut model);
-    // The teacher reads the examples with its own tokenizer at the run's max_len.
     let tokenizer = teacher.tokenizer.with_max_len(cfg.max_len)?;
     let mut weights = String::new();
     for file in &teacher.weight_files {
@@ -401,6 +585,7 @@ fn prepare<B: AutodiffLoraOps>(
     resume: bool,
     device: &B::Device,
     observer: &mut dyn TrainObserver,
+    fresh: &mut Option<(RunDir, bool)>,
 ) -> Result<(RunContext, Option<TeacherLogits>, SequenceClassifier<B>)> {
     let mut cfg = cfg.clone();
     cfg.expand_paths()?;
@@ -425,21 +610,39 @@ fn prepare<B: AutodiffLoraOps>(
     let task = cfg.glue_task()?;
     let run = RunDir::new(&cfg.out);
 
-    if resume {
-        if run.config().is_file() {
-            let saved = RunConfig::from_toml_file(&run.config())?;
-            let (a, b) = (comparable(&saved).to_toml()?, comparable(&cfg).to_toml()?);
-            if a != b {
-                return Err(TrainError::Config(format!(
-                    "{} differs from the configuration given; resume with the run's own \
-                     configuration (saved:\n{a}\ngiven:\n{b})",
-                    run.config().display()
-                )));
-            }
+    // Everything that can be checked without loading weights or data is checked before the run
+    // folder is touched.
+    let model_config =
+        kdlora_encoders::ModelConfig::from_file(&cfg.model.join(kdlora_encoders::CONFIG_FILE))?;
+    let tokenizer_path = cfg.model.join(TOKENIZER_FILE);
+    let tokenizer = GlueTokenizer::from_file(&tokenizer_path)?;
+    check_tokenizer_fits(
+        &model_config,
+        &cfg.model,
+        tokenizer.inner(),
+        &tokenizer_path,
+        Some(cfg.max_len),
+    )?;
+    let tokenizer = tokenizer.with_max_len(cfg.max_len)?;
+    check_teacher(&cfg, task)?;
+
+    let resumable = resume && run.config().is_file();
+    if resumable {
+        let saved = RunConfig::from_toml_file(&run.config())?;
+        let (a, b) = (comparable(&saved).to_toml()?, comparable(&cfg).to_toml()?);
+        if a != b {
+            return Err(TrainError::Config(format!(
+                "{} differs from the configuration given in {}; resume with the run's own \
+                 configuration (`kdlora train --out {} --resume`)",
+                run.config().display(),
+                differing_keys(&a, &b).join(", "),
+                run.root().display()
+            )));
         }
-    } else if run.checkpoints().exists()
-        || has_entries(&run.learner_dir().join("checkpoint"))
-        || run.metrics_json().exists()
+    } else if !resume
+        && (run.checkpoints().exists()
+            || has_entries(&run.learner_dir().join("checkpoint"))
+            || run.metrics_json().exists())
     {
         return Err(TrainError::invalid(
             "out",
@@ -449,16 +652,19 @@ fn prepare<B: AutodiffLoraOps>(
             ),
         ));
     }
+    let created_root = !run.root().exists();
     create_dir(run.root())?;
+    remove_stale_temporaries(&run)?;
     // An early stop is an instruction to this invocation, not part of the run: `--resume` with
     // the saved configuration continues to `epochs`.
     let mut saved_cfg = cfg.clone();
     saved_cfg.stop_after_epochs = None;
     write_atomic(&run.config(), saved_cfg.to_toml()?.as_bytes())?;
+    if !resumable {
+        *fresh = Some((run.clone(), created_root));
+    }
 
     B::seed(device, cfg.seed);
-    let tokenizer =
-        GlueTokenizer::from_file(&cfg.model.join(TOKENIZER_FILE))?.with_max_len(cfg.max_len)?;
     let train_data = SplitData::load(
         &cfg.data,
         task,
@@ -549,14 +755,23 @@ pub fn train<B: AutodiffLoraOps>(
     device: &B::Device,
     observer: &mut dyn TrainObserver,
 ) -> Result<RunMetrics> {
-    let (ctx, teacher, model) = prepare::<B>(cfg, resume, device, observer)?;
-    let engine = ctx.cfg.engine;
-    match engine {
-        Engine::Loop => train_loop(&ctx, teacher, model, resume, device, observer),
-        Engine::Learner => {
-            crate::learner::train_learner(ctx, teacher, model, resume, device, observer)
+    let mut fresh = None;
+    let result = (|| {
+        let (ctx, teacher, model) = prepare::<B>(cfg, resume, device, observer, &mut fresh)?;
+        let engine = ctx.cfg.engine;
+        match engine {
+            Engine::Loop => train_loop(&ctx, teacher, model, resume, device, observer),
+            Engine::Learner => {
+                crate::learner::train_learner(ctx, teacher, model, resume, device, observer)
+            }
         }
+    })();
+    if result.is_err()
+        && let Some((run, created_root)) = &fresh
+    {
+        discard_unstarted_run(run, *created_root);
     }
+    result
 }
 
 /// The hand-written loop: mid-epoch checkpoints and bit-exact resume at any step.
@@ -588,6 +803,7 @@ fn train_loop<B: AutodiffLoraOps>(
         epoch_loss_sum: 0.0,
         epoch_batches: 0,
         epoch_seconds: 0.0,
+        first_loss: None,
     };
     let mut records: Vec<EpochRecord> = Vec::new();
     if let Some((dir, saved)) = &checkpoint {
@@ -613,6 +829,7 @@ fn train_loop<B: AutodiffLoraOps>(
     // A run resumed after it finished only needs its final outputs rewritten.
     let stop_epoch = ctx.stop_epoch();
 
+    let mut divergence = DivergenceWatch::new(cfg.divergence_factor, state.first_loss);
     observer.on_start(total_steps, state.global_step);
     let mut lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
     for epoch in state.epochs_completed..stop_epoch {
@@ -641,6 +858,12 @@ fn train_loop<B: AutodiffLoraOps>(
                 state.epoch_loss_sum += value;
                 state.epoch_batches += 1;
             }
+            divergence.observe(
+                state.global_step + 1,
+                epoch + 1,
+                step_loss / group.len() as f64,
+            )?;
+            state.first_loss = divergence.first();
             let (updated, norm) = optim.step(lr, model, out.grads);
             model = updated;
             if let Some(n) = norm
@@ -905,5 +1128,134 @@ pub(crate) fn finish<B: LoraOps>(
     if totals.epochs_completed == cfg.epochs {
         write_json(&run.metrics_json(), &metrics)?;
     }
+    remove_stale_temporaries(run)?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_config(extra: &str) -> RunConfig {
+        toml::from_str(&format!(
+            "method = \"kd-lora\"\ntask = \"sst2\"\nmodel = \"m\"\ndata = \"d\"\nout = \"o\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn differing_keys_name_each_key_with_both_values() {
+        let keys = differing_keys(
+            "out = \"a\"\nlr = 0.001\n[lora]\nr = 8\n",
+            "out = \"b\"\nlr = 0.001\n[lora]\nr = 16\nalpha = 2\n",
+        );
+        assert_eq!(
+            keys,
+            vec![
+                "`lora.alpha` (saved (absent), given 2)",
+                "`lora.r` (saved 8, given 16)",
+                "`out` (saved \"a\", given \"b\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn divergence_is_judged_against_the_first_loss() {
+        let mut watch = DivergenceWatch::new(100.0, None);
+        assert!(watch.observe(1, 1, 0.7).is_ok());
+        assert!(watch.observe(2, 1, 50.0).is_ok());
+        match watch.observe(3, 1, 6e6) {
+            Err(TrainError::Diverged { step: 3, epoch: 1, first, .. }) => assert_eq!(first, 0.7),
+            other => panic!("expected Diverged, got {other:?}"),
+        }
+        assert_eq!(watch.first(), Some(0.7));
+        // A resumed run compares with the first loss of the run, not of the invocation.
+        let mut resumed = DivergenceWatch::new(100.0, Some(0.7));
+        assert!(resumed.observe(40, 2, 100.0).is_err());
+        // A near-zero first loss does not make ordinary noise a divergence.
+        let mut tiny = DivergenceWatch::new(100.0, None);
+        assert!(tiny.observe(1, 1, 1e-6).is_ok());
+        assert!(tiny.observe(2, 1, 0.5).is_ok());
+        // 0 disables the check.
+        let mut off = DivergenceWatch::new(0.0, None);
+        assert!(off.observe(1, 1, 0.7).is_ok());
+        assert!(off.observe(2, 1, 1e9).is_ok());
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        for d in [".adapter.tmp-4242", ".model.old-17", "adapter", ".git"] {
+            create_dir(&dir.path().join(d)).unwrap();
+        }
+        create_dir(&run.checkpoints().join(".step-00000008.tmp-4242")).unwrap();
+        create_dir(&run.checkpoints().join("step-00000004")).unwrap();
+        std::fs::write(dir.path().join(".metrics.json.tmp-1-0"), b"{").unwrap();
+        std::fs::write(dir.path().join(".notes.tmp-draft"), b"mine").unwrap();
+        remove_stale_temporaries(&run).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![".git", ".notes.tmp-draft", "adapter", "checkpoints"]
+        );
+        assert!(run.checkpoints().join("step-00000004").is_dir());
+        assert!(!run.checkpoints().join(".step-00000008.tmp-4242").exists());
+    }
+
+    #[test]
+    fn a_failed_fresh_run_leaves_no_config_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let run = RunDir::new(&out);
+        create_dir(&out).unwrap();
+        std::fs::write(run.config(), b"method = \"fft\"\n").unwrap();
+        discard_unstarted_run(&run, true);
+        assert!(!out.exists());
+        // A run with a checkpoint keeps everything: it can be resumed.
+        create_dir(&run.checkpoints().join("step-00000001")).unwrap();
+        std::fs::write(run.config(), b"method = \"fft\"\n").unwrap();
+        discard_unstarted_run(&run, true);
+        assert!(run.config().is_file());
+        // A folder that was there before stays, without the config.
+        let kept = RunDir::new(dir.path().join("kept"));
+        create_dir(kept.root()).unwrap();
+        std::fs::write(kept.config(), b"").unwrap();
+        discard_unstarted_run(&kept, false);
+        assert!(kept.root().is_dir() && !kept.config().exists());
+    }
+
+    #[test]
+    fn teacher_must_be_a_finished_run_of_the_same_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher");
+        create_dir(&teacher.join("model")).unwrap();
+        std::fs::write(
+            teacher.join("config.toml"),
+            "method = \"fft\"\ntask = \"rte\"\nmodel = \"m\"\ndata = \"d\"\nout = \"o\"\n",
+        )
+        .unwrap();
+        let cfg = run_config(&format!("teacher = {:?}", teacher.to_string_lossy()));
+        let err = check_teacher(&cfg, GlueTask::Sst2).unwrap_err().to_string();
+        assert!(err.contains("`teacher`") && err.contains("rte"), "{err}");
+        assert!(check_teacher(&cfg, GlueTask::Rte).is_ok());
+
+        std::fs::remove_dir(teacher.join("model")).unwrap();
+        let err = check_teacher(&cfg, GlueTask::Rte).unwrap_err().to_string();
+        assert!(
+            err.contains("did not finish") && err.contains("--resume"),
+            "{err}"
+        );
+
+        // A model folder, a Hub id or a typo: only with the opt-in, and never looked up first.
+        let cfg = run_config("teacher = \"runs/nope\"");
+        let err = check_teacher(&cfg, GlueTask::Sst2).unwrap_err().to_string();
+        assert!(err.contains("allow_model_teacher = true"), "{err}");
+        let cfg = run_config("teacher = \"runs/nope\"\nallow_model_teacher = true");
+        assert!(check_teacher(&cfg, GlueTask::Sst2).is_ok());
+    }
 }

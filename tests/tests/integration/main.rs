@@ -1,6 +1,6 @@
-//! Integration tests of end-to-end training, PEFT parity and parameter counts. One binary for the
-//! crate (each test binary links all of Burn, so fewer binaries build faster and take less disk),
-//! one module per topic.
+//! Integration tests of end-to-end training, PEFT parity, parameter counts and fuzzing of the
+//! file loaders. One binary for the crate (each test binary links all of Burn, so fewer binaries
+//! build faster and take less disk), one module per topic.
 
 mod common;
 mod param_counts;

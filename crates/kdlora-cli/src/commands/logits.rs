@@ -83,6 +83,7 @@ impl BackendTask for Logits {
             (Some(path), _) => read_jsonl(path)?,
             (None, Some(text)) => vec![tokenize(
                 &args.model,
+                model.config(),
                 text,
                 args.text_pair.as_deref(),
                 run_max_len(&args.model)?,
@@ -97,7 +98,8 @@ impl BackendTask for Logits {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         for batch in inputs.chunks(args.batch_size as usize) {
-            for logits in forward_batch(&model, batch, &device)? {
+            for (logits, input) in forward_batch(&model, batch, &device)?.iter().zip(batch) {
+                check_finite(logits, &input.origin)?;
                 serde_json::to_writer(&mut out, &serde_json::json!({ "logits": logits }))?;
                 out.write_all(b"\n")?;
             }
@@ -122,11 +124,8 @@ fn load_model<B: LoraOps>(
             .with_context(|| format!("loading the model from {}", args.model.display()))?;
     match &args.adapter {
         None => Ok(model),
-        Some(dir) => {
-            let (model, _cfg) = kdlora_lora::load_adapter(model, dir, device)
-                .with_context(|| format!("applying the adapter {}", dir.display()))?;
-            Ok(model)
-        }
+        Some(dir) => kdlora_train::apply_adapter(model, &args.model, dir, device)
+            .with_context(|| format!("applying the adapter {}", dir.display())),
     }
 }
 
@@ -158,6 +157,17 @@ fn forward_batch<B: LoraOps>(
         .into_vec::<f32>()
         .map_err(|err| anyhow::anyhow!("reading logits: {err:?}"))?;
     Ok(values.chunks(labels).map(<[f32]>::to_vec).collect())
+}
+
+/// Refuses NaN and infinite logits: JSON has no spelling for them (serde_json writes `null`), and
+/// a consumer reading `null` as a number is silently wrong.
+fn check_finite(logits: &[f32], origin: &str) -> anyhow::Result<()> {
+    if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
+        bail!(
+            "{origin}: the model produced a non-finite logit ({v}); its weights or config.json are broken"
+        );
+    }
+    Ok(())
 }
 
 /// Reads the JSON-lines inputs; blank lines are skipped.
@@ -212,11 +222,13 @@ fn run_max_len(path: &Path) -> anyhow::Result<Option<usize>> {
 /// longest-first to `max_len` when given (as the run's own evaluation does).
 fn tokenize(
     model_dir: &Path,
+    config: &kdlora_encoders::ModelConfig,
     text: &str,
     pair: Option<&str>,
     max_len: Option<usize>,
 ) -> anyhow::Result<Prepared> {
-    let path = kdlora_train::tokenizer_dir(model_dir).join("tokenizer.json");
+    let tokenizer_dir = kdlora_train::tokenizer_dir(model_dir);
+    let path = tokenizer_dir.join("tokenizer.json");
     if !path.is_file() {
         bail!(
             "{}: not found; --text needs the model's tokenizer.json (or pass token ids with --input)",
@@ -225,6 +237,7 @@ fn tokenize(
     }
     let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
         .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    kdlora_train::check_tokenizer_fits(config, &tokenizer_dir, &tokenizer, &path, max_len)?;
     if let Some(max_len) = max_len {
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
@@ -252,6 +265,16 @@ fn tokenize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_logits_are_an_error_naming_the_input() {
+        check_finite(&[0.5, -1.0], "in.jsonl:1").unwrap();
+        let err = check_finite(&[f32::NAN, 1.0], "in.jsonl:3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in.jsonl:3") && err.contains("NaN"), "{err}");
+        assert!(check_finite(&[f32::INFINITY], "--text").is_err());
+    }
 
     #[test]
     fn optional_fields_default_to_ones_and_zeros() {

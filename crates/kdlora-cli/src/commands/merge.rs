@@ -51,7 +51,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let (model, _report) =
         SequenceClassifier::<B>::load(&args.model, &LoadOptions::default(), &device)
             .with_context(|| format!("loading the model from {}", args.model.display()))?;
-    let (mut model, _cfg) = kdlora_lora::load_adapter(model, &args.adapter, &device)
+    let mut model = kdlora_train::apply_adapter(model, &args.model, &args.adapter, &device)
         .with_context(|| format!("applying the adapter {}", args.adapter.display()))?;
     let merged = kdlora_lora::merge_and_unload(&mut model);
     if merged == 0 {

@@ -2,7 +2,9 @@
 //! test binary links all of Burn, so fewer binaries build faster and take less disk), one module
 //! per topic.
 
+mod bad_input;
 mod bench;
 mod deberta_logits;
+mod kill_resume;
 mod logits;
 mod lora_cli;

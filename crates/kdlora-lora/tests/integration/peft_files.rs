@@ -293,3 +293,60 @@ fn num_params_unchanged_by_round_trip() {
     let (loaded, _) = load_adapter(base, dir.path(), &device).unwrap();
     assert_eq!(loaded.num_params(), model.num_params());
 }
+
+/// Rewrites `target_modules` in a saved adapter's config.
+fn set_targets(dir: &std::path::Path, targets: serde_json::Value) {
+    let path = dir.join(ADAPTER_CONFIG_FILE);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["target_modules"] = targets;
+    std::fs::write(&path, json.to_string()).unwrap();
+}
+
+#[test]
+fn target_modules_naming_no_module_is_rejected() {
+    let device = Default::default();
+    let (dir, base, _) = saved();
+    set_targets(dir.path(), serde_json::json!(["query", "nonexistent"]));
+    let err = load_adapter(base, dir.path(), &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoraError::TargetMismatch { .. }), "{msg}");
+    assert!(msg.contains("nonexistent"), "{msg}");
+    assert!(msg.contains(ADAPTER_CONFIG_FILE), "{msg}");
+}
+
+#[test]
+fn tensors_outside_target_modules_are_rejected() {
+    let device = Default::default();
+    let (dir, base, _) = saved();
+    // The file adapts value and attention.output.dense too.
+    set_targets(dir.path(), serde_json::json!(["query"]));
+    let err = load_adapter(base, dir.path(), &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoraError::TargetMismatch { .. }), "{msg}");
+    assert!(msg.contains("does not name"), "{msg}");
+    assert!(msg.contains("value"), "{msg}");
+}
+
+#[test]
+fn adapter_from_a_shallower_model_is_rejected() {
+    let device = Default::default();
+    // Trained on one layer, applied to two: layer 1 would silently stay unadapted.
+    let one = inject(Toy::<B>::new(1, &device), &cfg(), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&one, &cfg(), dir.path(), "toy/one-layer").unwrap();
+    let err = load_adapter(Toy::<B>::new(2, &device), dir.path(), &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LoraError::TargetMismatch { .. }), "{msg}");
+    assert!(msg.contains("layer.1"), "{msg}");
+    assert!(msg.contains("toy/one-layer"), "{msg}");
+    // The other way round the tensors name modules the model lacks.
+    let two = inject(Toy::<B>::new(2, &device), &cfg(), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&two, &cfg(), dir.path(), "toy/two-layer").unwrap();
+    let err = load_adapter(Toy::<B>::new(1, &device), dir.path(), &device).unwrap_err();
+    assert!(
+        matches!(err, LoraError::ArchitectureMismatch { .. }),
+        "{err}"
+    );
+}
