@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::charts::{self, Bars, Group};
 use crate::reproduce::build_cli;
-use crate::svg::{self, Group};
 use crate::tables::write_atomic;
 
 pub struct Options {
@@ -324,7 +324,7 @@ pub fn run(root: &Path, shared: &Path, options: &Options) -> Result<()> {
         &serde_json::to_string_pretty(&report)?,
     )?;
     write_atomic(&results.join("bench.md"), &markdown(&report))?;
-    for (file, svg) in charts(&report) {
+    for (file, svg) in charts(&report)? {
         write_atomic(&results.join(file), &svg)?;
     }
     eprintln!(
@@ -480,7 +480,7 @@ fn find<'a>(report: &'a Value, model: &str, mode: &str, device: &str) -> Option<
 }
 
 /// Throughput and memory charts: one group per (model, mode), one bar per (framework, device).
-fn charts(report: &Value) -> Vec<(&'static str, String)> {
+pub(crate) fn charts(report: &Value) -> Result<Vec<(&'static str, String)>> {
     let mut series: Vec<(String, &'static str, String)> = Vec::new();
     for row in rows(report) {
         let device = row["device"].as_str().unwrap_or("").to_string();
@@ -493,7 +493,7 @@ fn charts(report: &Value) -> Vec<(&'static str, String)> {
             }
         }
     }
-    let names: Vec<&str> = series.iter().map(|(n, _, _)| n.as_str()).collect();
+    let names: Vec<String> = series.iter().map(|(n, _, _)| n.clone()).collect();
     let groups = |key: &str| -> Vec<Group> {
         model_modes(report)
             .into_iter()
@@ -508,26 +508,33 @@ fn charts(report: &Value) -> Vec<(&'static str, String)> {
             })
             .collect()
     };
-    vec![
+    let settings = &report["settings"];
+    let shape = match (settings["batch"].as_u64(), settings["seq"].as_u64()) {
+        (Some(batch), Some(seq)) => format!(" (batch {batch}, seq {seq})"),
+        _ => String::new(),
+    };
+    Ok(vec![
         (
             "throughput.svg",
-            svg::grouped_bars(
-                "Training and inference throughput (batch 32, seq 128)",
-                "examples / s",
-                &names,
-                &groups("examples_per_s"),
-            ),
+            charts::grouped_bars(&Bars {
+                title: &format!("Training and inference throughput{shape}"),
+                y_label: "examples / s",
+                series: &names,
+                groups: &groups("examples_per_s"),
+                note: None,
+            })?,
         ),
         (
             "memory.svg",
-            svg::grouped_bars(
-                "Peak resident memory per configuration",
-                "MB",
-                &names,
-                &groups("peak_rss_mb"),
-            ),
+            charts::grouped_bars(&Bars {
+                title: "Peak resident memory per configuration",
+                y_label: "MB",
+                series: &names,
+                groups: &groups("peak_rss_mb"),
+                note: None,
+            })?,
         ),
-    ]
+    ])
 }
 
 #[cfg(test)]
@@ -567,13 +574,17 @@ mod tests {
 
     #[test]
     fn charts_have_one_series_per_framework_and_device() {
-        let charts = charts(&sample());
+        let charts = charts(&sample()).unwrap();
         assert_eq!(charts.len(), 2);
         let (_, svg) = &charts[0];
         for name in ["kdlora cpu", "PyTorch cpu", "kdlora wgpu"] {
             assert!(svg.contains(name), "{name} missing");
         }
         assert!(!svg.contains("PyTorch wgpu"));
+        assert!(svg.contains("(batch 32, seq 128)"));
+        for (_, svg) in &charts {
+            crate::charts::tests::assert_text_fits(svg);
+        }
     }
 
     #[test]

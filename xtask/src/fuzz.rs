@@ -1,10 +1,11 @@
 //! `cargo xtask fuzz --minutes N [--target NAME,...]`: the long form of the fuzz harness in
-//! `tests/tests/integration/fuzz/`, one `cargo test` process per target (an abort in one loader,
-//! such as a failed allocation, then ends only that target), and a table of what each found.
+//! `tests/tests/integration/fuzz/`, one process per target (an abort in one loader, such as a
+//! failed allocation, then ends only that target), and a table of what each found.
 //!
-//! The tests run through `cargo test --workspace`, the command CI runs, so the same features are
-//! resolved and nothing of Burn is rebuilt; `--exact fuzz::long_form` picks the harness's test out
-//! of the workspace's `integration` binaries.
+//! The harness is built with `cargo test --workspace --no-run`, the command CI builds with, so the
+//! same features are resolved and nothing of Burn is rebuilt. Its binary is then copied and run
+//! directly for every target: edits to the tree during an hour of fuzzing neither trigger a
+//! rebuild nor change the code under test halfway.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -50,24 +51,44 @@ impl Report {
     }
 }
 
-fn cargo_test(root: &Path, envs: &[(&str, String)]) -> Result<ExitStatus> {
+/// Builds the end-to-end test binary (when needed) and returns its path.
+fn build_harness(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    Command::new(&cargo)
+    let output = Command::new(&cargo)
         .args([
             "test",
             "--workspace",
             "--test",
             "integration",
-            "--",
-            "--ignored",
-            "--exact",
-            "fuzz::long_form",
-            "--nocapture",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
         ])
         .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {cargo} test --no-run"))?;
+    if !output.status.success() {
+        bail!("building the fuzz harness failed ({})", output.status);
+    }
+    // Several packages have an `integration` test; the harness is kdlora-e2e's (tests/).
+    let manifest = root.join("tests").join("Cargo.toml").canonicalize()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "integration")
+        .filter(|m| m["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()))
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no executable for kdlora-e2e's integration tests")
+}
+
+fn run_harness(binary: &Path, root: &Path, envs: &[(&str, String)]) -> Result<ExitStatus> {
+    Command::new(binary)
+        .args(["--ignored", "--exact", "fuzz::long_form", "--nocapture"])
+        // Where `cargo test` runs a package's tests.
+        .current_dir(root.join("tests"))
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
-        .with_context(|| format!("starting {cargo} test"))
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
@@ -81,11 +102,18 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
 
-    // Builds the tests (when needed) and asks the harness for its targets.
+    let built = build_harness(root)?;
+    let binary = out.join("harness");
+    std::fs::copy(&built, &binary)
+        .with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
     let list = out.join("targets.txt");
-    let status = cargo_test(root, &[("KDLORA_FUZZ_LIST", list.display().to_string())])?;
+    let status = run_harness(
+        &binary,
+        root,
+        &[("KDLORA_FUZZ_LIST", list.display().to_string())],
+    )?;
     if !status.success() {
-        bail!("building or listing the fuzz targets failed ({status})");
+        bail!("listing the fuzz targets failed ({status})");
     }
     let known: Vec<String> = std::fs::read_to_string(&list)
         .with_context(|| format!("reading {}", list.display()))?
@@ -132,7 +160,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         if let Some(ms) = opts.timeout_ms {
             envs.push(("KDLORA_FUZZ_TIMEOUT_MS", ms.to_string()));
         }
-        let status = cargo_test(root, &envs)?;
+        let status = run_harness(&binary, root, &envs)?;
         let mut report = std::fs::read_to_string(&report_path)
             .ok()
             .and_then(|text| serde_json::from_str::<Vec<Report>>(&text).ok())

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod charts;
 mod compare_torch;
 mod fuzz;
 mod paper;
@@ -16,7 +17,6 @@ mod reproduce;
 mod schedule;
 mod slurm;
 mod slurm_test;
-mod svg;
 mod tables;
 
 #[derive(Parser)]
@@ -125,6 +125,9 @@ enum Task {
         /// Minutes to wait for each submission before cancelling it.
         #[arg(long, default_value_t = 30)]
         timeout_min: u64,
+        /// Keep the work folder after a pass (about 2 GB of run folders); a failure always keeps it.
+        #[arg(long)]
+        keep: bool,
     },
     /// One array task of an emitted Slurm grid (run by `<out>/cell.sbatch`).
     #[command(hide = true)]
@@ -190,6 +193,16 @@ enum Task {
         #[arg(long, env = "KDLORA_BENCH_PYTHON", default_value = "python3")]
         python: String,
     },
+    /// Redraw the charts of results folders from the data they hold: results.json (reproduce),
+    /// bench.json (bench) and each run's train_log.jsonl under runs/ (its loss.svg).
+    Charts {
+        /// Results folders (e.g. results/quick docs/results/cpu-distill).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// Build the kdlora binary the way `cargo test --workspace` does (one build of Burn serves
+    /// both) and print its path.
+    BuildCli,
     /// Regenerate the Hugging Face parity fixtures with the pinned Python environment.
     Fixtures {
         /// Python interpreter with torch, transformers and peft installed (versions pinned in the scripts).
@@ -259,12 +272,14 @@ enum Emit {
 enum Preset {
     /// The paper's three families on all GLUE tasks (GPU).
     Paper,
-    /// The ../shared MiniLM pair on GLUE at the paper's recipe (this 2-core CPU, about 75 minutes).
+    /// The ../shared MiniLM pair on GLUE at the paper's recipe (about an hour or more on a CPU;
+    /// docs/results/cpu has the measured time).
     Cpu,
     /// Two small tasks, one epoch (minutes).
     Quick,
     /// Does distillation pay on this CPU? The MiniLM pair on three tasks with 6,000 training rows,
-    /// two epochs, one teacher and three student seeds (about 45 minutes).
+    /// two epochs, one teacher and three student seeds (under an hour on a CPU;
+    /// docs/results/cpu-distill has the measured time).
     CpuDistill,
 }
 
@@ -400,11 +415,16 @@ fn main() -> Result<()> {
                 },
             )
         }
-        Task::SlurmTest { work, timeout_min } => slurm_test::run(
+        Task::SlurmTest {
+            work,
+            timeout_min,
+            keep,
+        } => slurm_test::run(
             &root,
             &shared_dir(&root),
             work.unwrap_or_else(|| root.join("target/slurm-test")),
             std::time::Duration::from_secs(timeout_min * 60),
+            keep,
         ),
         Task::SlurmCell {
             out,
@@ -415,6 +435,11 @@ fn main() -> Result<()> {
         } => slurm::cell_task(&out, &emission, group, index, &kdlora),
         Task::SlurmGather { out } => slurm::gather(&out),
         Task::Fixtures { python } => fixtures(&root, &python),
+        Task::Charts { dirs } => charts::redraw(&dirs),
+        Task::BuildCli => {
+            println!("{}", reproduce::build_cli(&root)?.display());
+            Ok(())
+        }
         Task::Fuzz {
             minutes,
             target,

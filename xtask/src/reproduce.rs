@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -340,6 +341,9 @@ impl Trainer for KdloraProcess<'_> {
             cmd.arg("--resume");
         }
         cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
+        // `kdlora train` prints its metrics JSON on stdout: the run folder's metrics.json holds
+        // the same, and the console (or log) gets the one-line summary instead.
+        cmd.stdout(Stdio::null());
         if let Some(log) = launch.log {
             // Appended to, so that an interrupted attempt's output stays above the resumed one.
             let mut file = std::fs::File::options()
@@ -350,9 +354,7 @@ impl Trainer for KdloraProcess<'_> {
             writeln!(file, "==> {cmd:?}")?;
             // Several children must not read one terminal; they still share its process group,
             // so Ctrl-C stops them with us.
-            cmd.stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file);
+            cmd.stdin(Stdio::null()).stderr(file);
         }
         let status = cmd
             .status()
@@ -412,6 +414,7 @@ pub(crate) fn run_grid(
         threads: parallel.then(|| cpu_threads(slots.len())),
         progress: Progress::new(cells.len(), slots.len()),
         trainer,
+        noted_no_log: AtomicBool::new(false),
     };
     crate::schedule::run_jobs(&deps, slots.len(), |job| {
         grid.run_cell(job.index, &slots[job.slot], &job.deps)
@@ -428,6 +431,8 @@ struct Grid<'a> {
     threads: Option<usize>,
     progress: Progress,
     trainer: &'a dyn Trainer,
+    /// Whether the note about runs without a `train_log.jsonl` was printed.
+    noted_no_log: AtomicBool,
 }
 
 impl Grid<'_> {
@@ -469,10 +474,17 @@ impl Grid<'_> {
         // edited preset (or a different teacher) must not leave stale numbers in the tables.
         let unchanged = std::fs::read_to_string(&config_path).is_ok_and(|old| old == config_text);
         if metrics_path.is_file() && unchanged {
-            self.progress
-                .finished(&format!("{label}: finished earlier, reused"), None);
+            let result = CellResult::load(cell, &run_dir)?;
+            self.loss_chart(cell, &run_dir);
+            self.progress.finished(
+                &format!(
+                    "{label}: finished earlier, reused; {}",
+                    score_summary(&result)
+                ),
+                None,
+            );
             return Ok(CellOutcome {
-                result: CellResult::load(cell, &run_dir)?,
+                result,
                 failure: None,
             });
         }
@@ -531,13 +543,60 @@ impl Grid<'_> {
             self.progress.finished(&line, Some(seconds));
             return Ok(failed(msg));
         }
-        self.progress
-            .finished(&format!("{label}: done in {seconds:.0} s"), Some(seconds));
+        let result = CellResult::load(cell, &run_dir)?;
+        self.loss_chart(cell, &run_dir);
+        self.progress.finished(
+            &format!(
+                "{label}: done in {seconds:.0} s; {}",
+                score_summary(&result)
+            ),
+            Some(seconds),
+        );
         Ok(CellOutcome {
-            result: CellResult::load(cell, &run_dir)?,
+            result,
             failure: None,
         })
     }
+
+    /// Draws the run's `loss.svg` from its `train_log.jsonl`. A run without that log (a `kdlora`
+    /// that writes none) gets a note once per grid; a chart that cannot be drawn never fails the
+    /// run, whose results are already on disk.
+    fn loss_chart(&self, cell: &Cell, run_dir: &Path) {
+        let title = format!(
+            "{} {} {} {}: training loss",
+            cell.family, cell.task, cell.method, cell.config_id
+        );
+        match crate::charts::write_loss_chart(run_dir, &title) {
+            Ok(crate::charts::LossChart::NoLog) => {
+                if !self.noted_no_log.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "note: {} has no {}, so no loss.svg (a kdlora without step logging)",
+                        run_dir.display(),
+                        crate::charts::TRAIN_LOG
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("note: no loss.svg for {}: {e:#}", run_dir.display()),
+        }
+    }
+}
+
+/// A finished run's dev score as a line states it: x100 with two decimals, as the tables round it.
+pub(crate) fn score_summary(result: &CellResult) -> String {
+    let mut text = match result.score {
+        Some(score) => format!("score {score:.2}"),
+        None => "no score".to_string(),
+    };
+    if let Some(mm) = result.score_mismatched {
+        let _ = write!(text, " (mismatched {mm:.2})");
+    }
+    if let (Some(best), Some(last)) = (result.best_score, result.score)
+        && (best - last).abs() >= 0.005
+    {
+        let _ = write!(text, ", best epoch {best:.2}");
+    }
+    text
 }
 
 /// A cell's name in `grid/` (its configuration) and `logs/`.
@@ -592,6 +651,7 @@ pub(crate) fn run_one_cell(
         threads,
         progress: Progress::new(1, 1),
         trainer,
+        noted_no_log: AtomicBool::new(false),
     };
     grid.run_cell(index, slot, teachers)
 }
@@ -770,7 +830,24 @@ pub(crate) fn check_inputs(cells: &[Cell], preset: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the `kdlora` binary in the profile xtask itself runs in and returns its path.
+/// The cargo command that builds the `kdlora` binary: the build of `cargo test --workspace` (the
+/// README's second command, and CI's), without running the tests.
+///
+/// Cargo resolves features for the packages and targets a command selects. `-p kdlora-cli` leaves
+/// out the other members' features, and even `cargo build --workspace` leaves out the
+/// dev-dependencies' and builds Burn a second time next to the tests' build. The tests' own
+/// command gives every crate of the CubeCL/Burn tree the fingerprint the tests need, so either
+/// command reuses the other's build; `.ci/run` fails when that stops being true.
+pub(crate) fn cli_build_args(release: bool) -> Vec<&'static str> {
+    let mut args = vec!["test", "--workspace", "--no-run"];
+    if release {
+        args.push("--release");
+    }
+    args
+}
+
+/// Builds the `kdlora` binary in the profile xtask itself runs in (see [`cli_build_args`]) and
+/// returns its path.
 ///
 /// `KDLORA_BIN` names an already built binary instead (the end-to-end test uses the one
 /// `cargo test --workspace` built).
@@ -784,12 +861,18 @@ pub(crate) fn build_cli(root: &Path) -> Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = !cfg!(debug_assertions);
+    let args = cli_build_args(release);
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root).args(["build", "-p", "kdlora-cli"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("running cargo build -p kdlora-cli")?;
+    cmd.current_dir(root).args(&args);
+    // From a fresh clone this compiles all of Burn: say so before the wait starts.
+    eprintln!(
+        "building kdlora: cargo {} (the build `cargo test --workspace` reuses; the first one \
+         compiles Burn and takes a while)",
+        args.join(" ")
+    );
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("building the kdlora binary failed ({status})");
     }
@@ -813,6 +896,33 @@ pub(crate) fn build_cli(root: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The binary the xtask runs comes out of the tests' own build: the same command (less
+    /// running the tests), no package selection or feature flags of its own. `.ci/run` checks the outcome (no
+    /// Burn crate compiles when the xtask builds after the tests).
+    #[test]
+    fn kdlora_is_built_by_the_workspace_build_the_tests_share() {
+        assert_eq!(cli_build_args(false), ["test", "--workspace", "--no-run"]);
+        assert_eq!(
+            cli_build_args(true),
+            ["test", "--workspace", "--no-run", "--release"]
+        );
+        let root = crate::workspace_root();
+        let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+        assert!(
+            ci.contains("\ncargo test --workspace\n"),
+            "CI's test command changed"
+        );
+        assert!(
+            ci.contains("cargo xtask build-cli"),
+            "CI no longer checks the shared build"
+        );
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        assert!(
+            readme.contains("cargo test --workspace "),
+            "README's test command changed"
+        );
+    }
 
     /// A grid of two tasks: two FFT learning rates (the teacher candidates), one LoRA, one
     /// KD-LoRA configuration each; eight cells.

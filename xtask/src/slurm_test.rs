@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::reproduce;
 use crate::slurm;
 
-pub fn run(root: &Path, shared: &Path, work: PathBuf, timeout: Duration) -> Result<()> {
+pub fn run(root: &Path, shared: &Path, work: PathBuf, timeout: Duration, keep: bool) -> Result<()> {
     if !shared.join("models/all-MiniLM-L6-v2").is_dir() {
         eprintln!(
             "slurm-test: skipped: no shared models at {} (set KDLORA_SHARED)",
@@ -126,13 +126,18 @@ pub fn run(root: &Path, shared: &Path, work: PathBuf, timeout: Duration) -> Resu
     }
     eprintln!(
         "slurm-test: passed in {:.1} min (Slurm grid {:.1} min, --jobs 2 {:.1} min, resubmission \
-         retraining one run {:.0} s); files in {}",
+         retraining one run {:.0} s)",
         started.elapsed().as_secs_f64() / 60.0,
         slurm_time.as_secs_f64() / 60.0,
         jobs_time.as_secs_f64() / 60.0,
         resubmit_time.as_secs_f64(),
-        work.display()
     );
+    if keep {
+        eprintln!("slurm-test: files in {}", work.display());
+    } else {
+        // Two grids of run folders with their checkpoints: about 2 GB, which CI's disk is short of.
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
     Ok(())
 }
 

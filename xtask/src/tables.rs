@@ -13,7 +13,6 @@ use serde_json::Value;
 use crate::paper;
 use crate::params;
 use crate::preset::{Cell, LORA_STUDENT, METHODS, Preset, Vars, uses_student};
-use crate::svg;
 
 /// What one finished (or failed) run contributed.
 #[derive(Debug, Clone, Serialize)]
@@ -652,27 +651,10 @@ pub fn write_all(
             "kd_gain_paired_by_seed": paired,
             "majority_score": majority_mean,
         }));
-
-        let groups: Vec<svg::Group> = fam_rows
-            .iter()
-            .map(|r| svg::Group {
-                label: format!("{}{}", r.row, if r.subset { "*" } else { "" }),
-                values: r.scores.clone(),
-            })
-            .collect();
-        write_atomic(
-            &results_dir.join(format!("scores-{}.svg", family.name)),
-            &svg::grouped_bars(
-                &format!("{}: GLUE dev score per task and method", family.name),
-                "score (x100)",
-                &names,
-                &groups,
-            ),
-        )?;
     }
     write_atomic(&results_dir.join("table1.md"), &md)?;
 
-    let table2 = table2(results_dir, preset, results, vars, with_paper)?;
+    let table2 = table2(preset, results, vars, with_paper)?;
     write_atomic(&results_dir.join("table2.md"), &table2.markdown)?;
     let json = serde_json::json!({
         "preset": preset_name,
@@ -689,6 +671,10 @@ pub fn write_all(
         &results_dir.join("results.json"),
         &serde_json::to_string_pretty(&json)?,
     )?;
+    // Drawn from results.json alone, so that `cargo xtask charts` redraws them the same way.
+    for (name, svg) in crate::charts::results_charts(&json)? {
+        write_atomic(&results_dir.join(name), &svg)?;
+    }
     Ok(())
 }
 
@@ -730,7 +716,6 @@ fn model_config(model: &str) -> Result<Value> {
 }
 
 fn table2(
-    results_dir: &Path,
     preset: &Preset,
     results: &[CellResult],
     vars: &Vars,
@@ -768,11 +753,7 @@ fn table2(
         if with_paper { "---|" } else { "" }
     );
     let mut rows = Vec::new();
-    let mut mem_groups = Vec::new();
-    let mut time_groups = Vec::new();
     for family in &preset.families {
-        let mut mems = Vec::new();
-        let mut times = Vec::new();
         for method in METHODS {
             let model = if uses_student(method) {
                 &family.student
@@ -818,8 +799,6 @@ fn table2(
                 .collect();
             let time = median(&mut t);
             let trainable_in_runs = runs.iter().find_map(|r| r.trainable_params);
-            mems.push(mem);
-            times.push(time);
             let short = model.rsplit('/').next().unwrap_or(&model).to_string();
             let paper_cell = if with_paper {
                 match paper::table2(&family.name, method) {
@@ -863,33 +842,7 @@ fn table2(
                 inference_task,
             });
         }
-        mem_groups.push(svg::Group {
-            label: family.name.clone(),
-            values: mems,
-        });
-        time_groups.push(svg::Group {
-            label: family.name.clone(),
-            values: times,
-        });
     }
-    write_atomic(
-        &results_dir.join("memory.svg"),
-        &svg::grouped_bars(
-            "Peak training memory per method",
-            "MiB",
-            &["FFT", "LoRA", "KD-LoRA"],
-            &mem_groups,
-        ),
-    )?;
-    write_atomic(
-        &results_dir.join("inference.svg"),
-        &svg::grouped_bars(
-            "Inference time on dev per method",
-            "seconds",
-            &["FFT", "LoRA", "KD-LoRA"],
-            &time_groups,
-        ),
-    )?;
     Ok(Table2 { markdown: md, rows })
 }
 

@@ -12,7 +12,7 @@
 use std::ffi::c_long;
 use std::time::{Duration, Instant};
 
-use kdlora_train::{StepInfo, TrainObserver};
+use kdlora_train::{StepInfo, StepRecord, TrainObserver};
 
 /// `mi_option_purge_delay` in mimalloc.h (v2 and v3): milliseconds before freed memory is returned
 /// to the kernel (-1: never). mimalloc reads it whenever it schedules a purge, so it can change
@@ -124,9 +124,9 @@ impl<O: TrainObserver> PacedObserver<O> {
 }
 
 impl<O: TrainObserver> TrainObserver for PacedObserver<O> {
-    fn on_start(&mut self, total_steps: usize, start_step: usize) {
+    fn on_start(&mut self, end_step: usize, start_step: usize) {
         self.last = Some(Instant::now());
-        self.inner.on_start(total_steps, start_step);
+        self.inner.on_start(end_step, start_step);
     }
 
     fn on_step(&mut self, info: &StepInfo) {
@@ -138,9 +138,22 @@ impl<O: TrainObserver> TrainObserver for PacedObserver<O> {
         self.inner.on_step(info);
     }
 
-    fn on_phase(&mut self, message: &str) {
+    fn on_log(&mut self, record: &StepRecord) {
+        self.inner.on_log(record);
+    }
+
+    fn on_phase_start(&mut self, name: &str, total: usize) {
         self.last = None;
-        self.inner.on_phase(message);
+        self.inner.on_phase_start(name, total);
+    }
+
+    fn on_phase_progress(&mut self, done: usize) {
+        self.inner.on_phase_progress(done);
+    }
+
+    fn on_phase_end(&mut self) {
+        self.last = None;
+        self.inner.on_phase_end();
     }
 
     fn on_epoch_end(&mut self, epoch: usize, score: f64) {

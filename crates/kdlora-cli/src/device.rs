@@ -14,7 +14,7 @@ use kdlora_lora::{AutodiffLoraOps, LoraOps};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
     /// CPU through Burn's Flex backend (f32): SIMD element-wise ops and AVX-512/AVX2 `gemm` matmuls
-    /// on every core. 2.2-3.3x the throughput of `ndarray` on the benchmark (docs/results/bench).
+    /// on every core (docs/results/bench compares the CPU backends).
     #[default]
     Cpu,
     /// CPU through Burn's ndarray backend (f32): the previous CPU default, kept for comparison.

@@ -88,7 +88,14 @@ fn render_error(err: &anyhow::Error) -> String {
             out.push_str(&text);
         } else if !previous.contains(&text) {
             out.push_str(": ");
-            out.push_str(&text);
+            // A context that ends with the path its cause starts with (`loading the model from X`
+            // + `X: file not found`) names it once.
+            match text.split_once(": ") {
+                Some((head, rest)) if head.len() > 2 && previous.ends_with(head) => {
+                    out.push_str(rest)
+                }
+                _ => out.push_str(&text),
+            }
         }
         previous = text;
     }
@@ -129,5 +136,19 @@ mod tests {
         );
         // The plain `{:#}` rendering this replaces repeated both causes.
         assert_eq!(format!("{err:#}").matches("no such file").count(), 3);
+    }
+
+    #[test]
+    fn a_context_ending_with_the_path_its_cause_starts_with_names_it_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::from(Inner::Io {
+            path: "a/b.json".into(),
+            source: io,
+        })
+        .context("loading the model from a/b.json");
+        assert_eq!(
+            render_error(&err),
+            "loading the model from a/b.json: no such file"
+        );
     }
 }

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Initialise the head fresh even if the checkpoint has one (a new task on a fine-tuned model).
     pub fresh_head: bool,
+    /// The caller replaces the head after loading (a PEFT adapter's `modules_to_save`): modules
+    /// the checkpoint lacks are still initialised and reported, but logged at debug level only.
+    pub head_supplied: bool,
 }
 
 impl Default for LoadOptions {
@@ -44,6 +47,7 @@ impl Default for LoadOptions {
             problem_type: None,
             seed: 42,
             fresh_head: false,
+            head_supplied: false,
         }
     }
 }
@@ -64,6 +68,12 @@ impl LoadOptions {
     /// Options that always initialise the head fresh.
     pub fn with_fresh_head(mut self, fresh_head: bool) -> Self {
         self.fresh_head = fresh_head;
+        self
+    }
+
+    /// Options for a base whose head an adapter supplies ([`LoadOptions::head_supplied`]).
+    pub fn with_head_supplied(mut self, head_supplied: bool) -> Self {
+        self.head_supplied = head_supplied;
         self
     }
 }
@@ -165,7 +175,8 @@ impl<B: LoraOps> SequenceClassifier<B> {
             config.initializer_range,
             options.seed,
             options.fresh_head,
-        );
+        )
+        .head_supplied(options.head_supplied);
         let loader = if synthesize {
             loader.synthesizing()
         } else {

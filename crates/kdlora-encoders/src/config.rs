@@ -251,6 +251,16 @@ impl ModelConfig {
 
         let id2label_map: Option<BTreeMap<String, String>> = field(&raw, "id2label", path)?;
         let explicit_labels: Option<usize> = field(&raw, "num_labels", path)?;
+        // The label names (and later the head) are sized from `num_labels` before any weight is
+        // read: a value such as 1e9 would allocate gigabytes, or abort, instead of failing here.
+        if let Some(n) = explicit_labels
+            && n > MAX_LABELS
+        {
+            return Err(invalid(
+                "num_labels",
+                format!("{n} is more than {MAX_LABELS} labels"),
+            ));
+        }
         let id2label = match id2label_map {
             Some(map) => {
                 let mut labels = vec![String::new(); map.len()];
@@ -339,6 +349,20 @@ impl ModelConfig {
             if value == 0 {
                 return Err(invalid(key, "must be positive".into()));
             }
+        }
+        // BERT and RoBERTa always add a token-type embedding (transformers looks up type 0 when no
+        // types are given, so a table of no rows fails there); only DeBERTa-v2 and DistilBERT go
+        // without one. Accepting 0 here would silently drop the checkpoint's table.
+        let has_token_types =
+            !(self.model_type == "distilbert" || self.model_type.starts_with("deberta"));
+        if has_token_types && self.type_vocab_size == 0 {
+            return Err(invalid(
+                "type_vocab_size",
+                format!(
+                    "must be at least 1: {} adds a token-type embedding to every token",
+                    self.model_type
+                ),
+            ));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(invalid(
@@ -543,6 +567,10 @@ impl ModelConfig {
     }
 }
 
+/// The most labels a `config.json` may declare through `num_labels`: far above any text
+/// classification head, far below what the label list allocated from it can afford.
+const MAX_LABELS: usize = 1 << 16;
+
 fn default_labels(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("LABEL_{i}")).collect()
 }
@@ -654,6 +682,14 @@ mod tests {
             (
                 r#"{"model_type":"roberta","max_position_embeddings":2,"pad_token_id":1}"#,
                 "max_position_embeddings",
+            ),
+            (
+                r#"{"model_type":"bert","type_vocab_size":0}"#,
+                "type_vocab_size",
+            ),
+            (
+                r#"{"model_type":"bert","num_labels":1000000000}"#,
+                "num_labels",
             ),
         ] {
             let err = ModelConfig::from_json_str(json, Path::new("c.json")).unwrap_err();

@@ -264,6 +264,8 @@ pub struct ModuleLoader<'a, B: LoraOps> {
     fresh_head: bool,
     /// Initialise every tensor the weights lack instead of reporting it missing.
     synthesize: bool,
+    /// Log the freshly initialised modules at debug level only (the caller replaces them).
+    head_supplied: bool,
 }
 
 impl<'a, B: LoraOps> ModuleLoader<'a, B> {
@@ -292,7 +294,16 @@ impl<'a, B: LoraOps> ModuleLoader<'a, B> {
             init_std,
             fresh_head,
             synthesize: false,
+            head_supplied: false,
         }
+    }
+
+    /// A loader whose caller supplies the head afterwards (a PEFT adapter's `modules_to_save`):
+    /// the modules it initialises fresh are reported as usual but logged at debug level only,
+    /// since an info line would read as if the trained head were lost.
+    pub fn head_supplied(mut self, supplied: bool) -> Self {
+        self.head_supplied = supplied;
+        self
     }
 
     /// A loader that initialises every tensor the weights lack as transformers does for a model
@@ -535,12 +546,17 @@ impl<'a, B: LoraOps> ModuleLoader<'a, B> {
             );
         }
         if !self.report.initialised.is_empty() {
-            tracing::info!(
-                source = %self.report.source.display(),
+            let message = format!(
                 "checkpoint has no weights for {}: freshly initialised (normal, std {}, zero bias)",
                 self.report.initialised.join(", "),
                 self.init_std
             );
+            let source = self.report.source.display();
+            if self.head_supplied {
+                tracing::debug!(%source, "{message}");
+            } else {
+                tracing::info!(%source, "{message}");
+            }
         }
         Ok(self.report)
     }

@@ -139,9 +139,23 @@ pub struct RunConfig {
     /// Also write a checkpoint every N optimizer steps (0: only at the end of each epoch).
     #[serde(default)]
     pub checkpoint_steps: usize,
-    /// Timed passes over dev for the inference-time measurement (median reported; 0 skips it).
-    #[serde(default = "default_inference_passes")]
+    /// Timed passes over dev for the inference-time measurement (median reported; 0, the
+    /// default, skips it: the presets that report inference time set it).
+    #[serde(default)]
     pub inference_passes: usize,
+    /// A `train_log.jsonl` line (and, when stderr is not a terminal, a log line) every N
+    /// optimizer steps and at the end of every epoch; 0 picks about 25 lines per epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub logging_steps: usize,
+    /// Keep `checkpoints/` (loop) or `learner/` (learner) after the run finished; by default they
+    /// are removed once `metrics.json` is written (a finished run needs no resume).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_checkpoints: bool,
+    /// Keep the weights of the best epoch (highest dev score; the later one on a tie, as
+    /// `metrics.json`'s `best`) in `best/`: a PEFT adapter folder for LoRA runs, a model folder
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub save_best: bool,
     /// Stop after this many epochs even though `epochs` is larger (used to simulate an interrupted
     /// run; the schedule still follows `epochs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +175,9 @@ pub struct RunConfig {
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+fn is_zero(value: &usize) -> bool {
+    *value == 0
 }
 fn default_divergence_factor() -> f64 {
     100.0
@@ -199,9 +216,6 @@ fn default_seed() -> u64 {
 fn default_eval_batch_size() -> usize {
     64
 }
-fn default_inference_passes() -> usize {
-    3
-}
 
 /// Top-level keys of [`RunConfig`]; environment variables naming other keys are ignored, so that
 /// unrelated `KDLORA_*` variables (such as `KDLORA_SHARED`) do not break configuration.
@@ -229,6 +243,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "eval_batch_size",
     "checkpoint_steps",
     "inference_passes",
+    "logging_steps",
+    "keep_checkpoints",
+    "save_best",
     "stop_after_epochs",
     "engine",
     "lora",
@@ -516,6 +533,15 @@ mod tests {
             (0.01, 1.0, 0.0)
         );
         assert_eq!((cfg.seed, cfg.grad_accumulation), (42, 1));
+        // Single runs skip the inference timing (the presets that report it set it), log about
+        // 25 lines per epoch and keep no checkpoints or best epoch once finished.
+        assert_eq!((cfg.inference_passes, cfg.logging_steps), (0, 0));
+        assert!(!cfg.keep_checkpoints && !cfg.save_best);
+        // Defaults are not written, so saved configurations stay as they were.
+        let text = cfg.to_toml().unwrap();
+        for key in ["logging_steps", "keep_checkpoints", "save_best"] {
+            assert!(!text.contains(key), "{text}");
+        }
     }
 
     #[test]

@@ -87,6 +87,26 @@ pub fn check_tokenizer_fits(
             ),
         ));
     }
+    // The tokenizers crate truncates the texts to `max_length` minus the special tokens it adds,
+    // without checking for underflow: below their count, truncation wraps to "no limit" and a long
+    // row then overruns the position table (a panic in the embedding lookup). One token of each
+    // text of a pair is the least that leaves anything to classify.
+    let special = tokenizer
+        .get_post_processor()
+        .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+    if let Some(max_len) = max_len
+        && max_len < special + 2
+    {
+        return Err(TrainError::invalid(
+            "max_len",
+            format!(
+                "{max_len} leaves no room for the text: {} adds {special} special tokens to a \
+                 sentence pair; set max_len to at least {}",
+                tokenizer_path.display(),
+                special + 2
+            ),
+        ));
+    }
     if let Some(id) = kdlora_glue::max_token_id(tokenizer)
         && id as usize >= config.vocab_size
     {
@@ -234,7 +254,10 @@ pub fn load_model<B: LoraOps>(
     } else {
         // Saved configs hold a local folder; a hand-written one may name a Hub id.
         let base_dir = resolve_model_path(&cfg.model)?;
-        let (base, _) = SequenceClassifier::<B>::load(&base_dir, &options, device)?;
+        // The adapter's modules_to_save replace the head the base lacks; a module it does not
+        // hold (a BERT pooler left frozen) is drawn from the run's seed exactly as in training.
+        let base_options = options.clone().with_head_supplied(true);
+        let (base, _) = SequenceClassifier::<B>::load(&base_dir, &base_options, device)?;
         let model = apply_adapter(base, &base_dir, &run.adapter(), device)?;
         (
             model,
@@ -281,6 +304,18 @@ pub fn logits<B: LoraOps>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<Vec<f32>>> {
+    logits_with(model, data, batcher, batch_size, device, &mut |_| {})
+}
+
+/// [`logits`], calling `on_rows` with the number of examples done after every batch.
+pub(crate) fn logits_with<B: LoraOps>(
+    model: &SequenceClassifier<B>,
+    data: &SplitData,
+    batcher: &GlueBatcher,
+    batch_size: usize,
+    device: &B::Device,
+    on_rows: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
     let n = data.len();
     let mut out = Vec::with_capacity(n);
     let positions: Vec<usize> = (0..n).collect();
@@ -305,6 +340,7 @@ pub fn logits<B: LoraOps>(
         for r in 0..rows {
             out.push(values[r * cols..(r + 1) * cols].to_vec());
         }
+        on_rows(out.len());
     }
     Ok(out)
 }
@@ -337,7 +373,19 @@ pub fn evaluate_model<B: LoraOps>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<TaskMetrics> {
-    let logits = logits(model, data, batcher, batch_size, device)?;
+    evaluate_model_with(model, data, batcher, batch_size, device, &mut |_| {})
+}
+
+/// [`evaluate_model`], calling `on_rows` with the number of examples done after every batch.
+pub(crate) fn evaluate_model_with<B: LoraOps>(
+    model: &SequenceClassifier<B>,
+    data: &SplitData,
+    batcher: &GlueBatcher,
+    batch_size: usize,
+    device: &B::Device,
+    on_rows: &mut dyn FnMut(usize),
+) -> Result<TaskMetrics> {
+    let logits = logits_with(model, data, batcher, batch_size, device, on_rows)?;
     let preds = predictions(data.task, &logits);
     let labels = data.labels()?;
     Ok(kdlora_glue::evaluate(data.task, &preds, &labels)?)
@@ -355,15 +403,40 @@ pub fn time_inference<B: LoraOps>(
     passes: usize,
     device: &B::Device,
 ) -> Result<InferenceTiming> {
+    time_inference_with(
+        model,
+        data,
+        batcher,
+        batch_size,
+        passes,
+        device,
+        &mut |_| {},
+    )
+}
+
+/// [`time_inference`], calling `on_rows` with the examples done over all passes so far. The call
+/// falls inside the timed passes, once per batch: callers only move a progress bar there.
+pub(crate) fn time_inference_with<B: LoraOps>(
+    model: &SequenceClassifier<B>,
+    data: &SplitData,
+    batcher: &GlueBatcher,
+    batch_size: usize,
+    passes: usize,
+    device: &B::Device,
+    on_rows: &mut dyn FnMut(usize),
+) -> Result<InferenceTiming> {
     let warm: Vec<usize> = (0..data.len().min(batch_size)).collect();
     let batch = data.batch::<B>(batcher, &warm, device)?;
     let _ = model
         .forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         .into_data();
     let mut pass_seconds = Vec::with_capacity(passes);
-    for _ in 0..passes {
+    for pass in 0..passes {
         let start = Instant::now();
-        logits(model, data, batcher, batch_size, device)?;
+        let done = pass * data.len();
+        logits_with(model, data, batcher, batch_size, device, &mut |rows| {
+            on_rows(done + rows)
+        })?;
         pass_seconds.push(start.elapsed().as_secs_f64());
     }
     let mut sorted = pass_seconds.clone();
@@ -469,7 +542,11 @@ pub fn predict_run<B: LoraOps>(
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     }
-    kdlora_glue::write_predictions(out, task, &preds)?;
+    kdlora_glue::write_predictions(out, task, &preds).map_err(|e| match e {
+        // The output file, not the data: without the "data:" prefix of a GLUE error.
+        kdlora_glue::GlueError::Io { path, source } => TrainError::io(path, source),
+        other => other.into(),
+    })?;
     Ok(preds.len())
 }
 
@@ -509,6 +586,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("42") && err.contains("at most 40"), "{err}");
+        // Below [CLS] a [SEP] b [SEP] plus one token of each text.
+        check_tokenizer_fits(&bert, &dir, &tokenizer, &tokenizer_path, Some(5)).unwrap();
+        let err = check_tokenizer_fits(&bert, &dir, &tokenizer, &tokenizer_path, Some(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`max_len`") && err.contains("at least 5"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -52,12 +52,13 @@ use kdlora_lora::{AutodiffLoraOps, LoraOps};
 
 use crate::error::{Result, TrainError};
 use crate::optim::{GroupedAdamW, GroupedRecord, linear_schedule, param_groups};
-use crate::progress::{StepInfo, TrainObserver};
+use crate::progress::{StepInfo, StepRecord, TrainObserver};
 use crate::run_dir::{read_jsonl, write_jsonl};
 use crate::runner::{
     EpochRecord, RunContext, RunMetrics, Totals, epoch_batches, evaluate_epoch, finish,
-    group_gradients, log_param_groups, mix_seed,
+    group_gradients, is_best, log_param_groups, mix_seed, save_best,
 };
+use crate::step_log::StepLog;
 
 /// Checkpoints kept in `RUN/learner/checkpoint/`: burn-train writes the three files of an epoch
 /// on three threads, in place and independently, so keeping two epochs leaves one complete set
@@ -95,13 +96,40 @@ struct Pending {
     step: usize,
     epoch: usize,
     losses: Vec<f64>,
+    parts: (Option<f64>, Option<f64>),
     examples: usize,
 }
 
 enum Event {
     Step(StepInfo),
+    PhaseStart(String, usize),
+    PhaseProgress(usize),
+    PhaseEnd,
+    Log(StepRecord),
     EpochEnd(usize, f64),
     Done,
+}
+
+/// Forwards the events of the training thread (the dev evaluation's phase, the logged steps) to
+/// the calling thread, whose observer draws them.
+struct Forwarder<'a>(&'a Shared);
+
+impl TrainObserver for Forwarder<'_> {
+    fn on_log(&mut self, record: &StepRecord) {
+        self.0.send(Event::Log(record.clone()));
+    }
+
+    fn on_phase_start(&mut self, name: &str, total: usize) {
+        self.0.send(Event::PhaseStart(name.to_string(), total));
+    }
+
+    fn on_phase_progress(&mut self, done: usize) {
+        self.0.send(Event::PhaseProgress(done));
+    }
+
+    fn on_phase_end(&mut self) {
+        self.0.send(Event::PhaseEnd);
+    }
 }
 
 /// Everything the burn-train components share (they must be `'static`, `Send` and `Sync`).
@@ -112,6 +140,9 @@ struct Shared {
     error: Mutex<Option<TrainError>>,
     state: Mutex<EngineState>,
     events: Mutex<Sender<Event>>,
+    /// `train_log.jsonl`, written on the training thread right after each step, so that a line
+    /// is on disk before burn-train's next checkpoint.
+    step_log: Mutex<StepLog>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -231,11 +262,13 @@ impl<B: AutodiffLoraOps> TrainStep for StudentStep<B> {
             item.epoch,
         ) {
             Ok(out) => {
+                let parts = out.mean_parts();
                 shared.state().pending = Some(Pending {
                     start,
                     step: item.step,
                     epoch: item.epoch,
                     losses: out.losses,
+                    parts,
                     examples: out.examples,
                 });
                 TrainOutput {
@@ -272,6 +305,7 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
             st.lr,
             st.epoch_seconds,
             &item.device,
+            &mut Forwarder(shared),
         );
         let record = match result {
             Ok(r) => r,
@@ -282,6 +316,15 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
             }
         };
         shared.send(Event::EpochEnd(record.epoch, record.score));
+        // As the loop: before this epoch's checkpoint, which burn-train writes after this item.
+        if shared.ctx.cfg.save_best
+            && is_best(&st.records, &record)
+            && let Err(e) = save_best(&shared.ctx, &self.model)
+        {
+            drop(st);
+            shared.fail(e);
+            return DevDone;
+        }
         st.epochs_completed = record.epoch;
         st.records.push(record);
         st.epoch_loss_sum = 0.0;
@@ -368,7 +411,13 @@ impl<B: AutodiffLoraOps> Optimizer<StudentStep<B>, B> for LearnerAdamW<B> {
             step: st.global_step,
             total_steps: shared.ctx.total_steps(),
             loss: mean,
+            task_loss: pending.parts.0,
+            kd_loss: pending.parts.1,
             lr,
+            grad_norm: norm,
+            examples: pending.examples,
+            seconds: secs,
+            elapsed_seconds: st.train_seconds,
             examples_per_second: if st.train_seconds > 0.0 {
                 st.train_examples as f64 / st.train_seconds
             } else {
@@ -376,7 +425,10 @@ impl<B: AutodiffLoraOps> Optimizer<StudentStep<B>, B> for LearnerAdamW<B> {
             },
         };
         drop(st);
-        shared.send(Event::Step(info));
+        shared.send(Event::Step(info.clone()));
+        if let Err(e) = lock(&shared.step_log).step(&info, &mut Forwarder(&shared)) {
+            shared.fail(e);
+        }
         module
     }
 
@@ -755,6 +807,9 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
         divergence: crate::runner::DivergenceWatch::new(ctx.cfg.divergence_factor, None),
         records,
     };
+    let start_step = start_epoch * steps_per_epoch;
+    let step_log = ctx.step_log(start_step)?;
+    let end_step = ctx.end_step();
     let (tx, rx) = channel::<Event>();
     let interrupter = Interrupter::new();
     let shared = Arc::new(Shared {
@@ -764,6 +819,7 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
         error: Mutex::new(None),
         state: Mutex::new(state),
         events: Mutex::new(tx.clone()),
+        step_log: Mutex::new(step_log),
     });
     let student = StudentStep {
         model,
@@ -784,7 +840,7 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
             device: device.clone(),
         });
 
-    observer.on_start(total_steps, start_epoch * steps_per_epoch);
+    observer.on_start(end_step, start_step);
     let thread_dir = dir.clone();
     // burn-train runs on its own thread (its components must be Send) while this one forwards
     // progress to the observer, which need not be.
@@ -818,6 +874,10 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
         while let Ok(event) = rx.recv() {
             match event {
                 Event::Step(info) => observer.on_step(&info),
+                Event::Log(record) => observer.on_log(&record),
+                Event::PhaseStart(name, total) => observer.on_phase_start(&name, total),
+                Event::PhaseProgress(done) => observer.on_phase_progress(done),
+                Event::PhaseEnd => observer.on_phase_end(),
                 Event::EpochEnd(epoch, score) => observer.on_epoch_end(epoch, score),
                 Event::Done => break,
             }

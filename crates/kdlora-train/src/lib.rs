@@ -6,12 +6,16 @@
 //! ```text
 //! RUN/config.toml                   the configuration (reload with RunConfig::from_toml_file)
 //! RUN/metrics.jsonl                 one EpochRecord per epoch (dev metrics after every epoch)
+//! RUN/train_log.jsonl               one StepRecord every `logging_steps` (loss curves)
 //! RUN/metrics.json                  RunMetrics: last and best epoch, parameter counts,
 //!                                   throughput, peak memory, inference time
 //! RUN/model/                        fft / kd: Hugging Face checkpoint folder (+ tokenizer files)
 //! RUN/adapter/                      lora / kd-lora: PEFT adapter folder (base model recorded)
 //! RUN/teacher_logits.safetensors    kd / kd-lora: the teacher-logit store
-//! RUN/checkpoints/step-NNNNNNNN/    newest checkpoint (model, AdamW state, position)
+//! RUN/best/                         save_best: the best epoch's adapter or model folder
+//! RUN/checkpoints/step-NNNNNNNN/    newest checkpoint (trainable tensors, AdamW state,
+//!                                   position); removed once the run finished, unless
+//!                                   keep_checkpoints
 //! RUN/learner/checkpoint/           engine = "learner": burn-train's epoch checkpoints
 //! ```
 //!
@@ -45,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod checkpoint;
 mod config;
 mod data;
 mod error;
@@ -56,6 +61,7 @@ mod optim;
 mod progress;
 mod run_dir;
 mod runner;
+mod step_log;
 
 pub use config::{ConfigSources, Engine, Method, RunConfig};
 pub use data::SplitData;
@@ -74,7 +80,7 @@ pub use optim::{
     GroupedAdamW, ParamCounts, ParamGroups, grad_norm, linear_schedule, param_counts, param_groups,
     scale_grads,
 };
-pub use progress::{BarObserver, NoProgress, StepInfo, TrainObserver};
+pub use progress::{BarObserver, NoProgress, StepInfo, StepRecord, TrainObserver};
 pub use run_dir::{CheckpointState, RunDir, read_json, read_jsonl, write_atomic, write_json};
 pub use runner::{
     EpochRecord, INFERENCE_BATCH_SIZE, LoraParams, Memory, RunMetrics, Throughput, model_dir, train,

@@ -34,6 +34,16 @@ impl RunDir {
         self.root.join("metrics.jsonl")
     }
 
+    /// `train_log.jsonl`: one [`StepRecord`](kdlora_schema::StepRecord) per logging step.
+    pub fn train_log(&self) -> PathBuf {
+        self.root.join("train_log.jsonl")
+    }
+
+    /// `best/` (with `save_best`): the best epoch's adapter folder (LoRA runs) or model folder.
+    pub fn best(&self) -> PathBuf {
+        self.root.join("best")
+    }
+
     /// `metrics.json`: the final [`RunMetrics`](crate::RunMetrics).
     pub fn metrics_json(&self) -> PathBuf {
         self.root.join("metrics.json")

@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::record::{BinFileRecorder, FullPrecisionSettings};
 use burn::tensor::{ElementConversion, Tensor};
 use kdlora_distill::{TeacherLogits, TeacherLogitsMeta};
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
@@ -16,12 +15,13 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::checkpoint::{load_checkpoint_model, save_checkpoint};
 use crate::config::{Engine, RunConfig};
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
 use crate::eval::{
-    TOKENIZER_FILE, TOKENIZER_FILES, check_finished, check_tokenizer_fits, evaluate_model,
-    load_model, time_inference,
+    TOKENIZER_FILE, TOKENIZER_FILES, check_finished, check_tokenizer_fits, evaluate_model_with,
+    load_model, time_inference_with,
 };
 use crate::memory::{DEVICE_MEMORY_METHOD, PEAK_RSS_METHOD, peak_rss_bytes};
 use crate::optim::{GroupedAdamW, ParamCounts, linear_schedule, param_groups};
@@ -30,6 +30,7 @@ use crate::run_dir::{
     CheckpointState, RunDir, create_dir, read_jsonl, remove_dir_if_exists, replace_dir,
     write_atomic, write_json, write_jsonl,
 };
+use crate::step_log::{StepLog, logging_interval};
 pub use kdlora_schema::{
     EpochRecord, LoraParams, MajorityBaseline, Memory, RunMetrics, Throughput,
 };
@@ -92,9 +93,19 @@ fn absolute(path: &Path) -> PathBuf {
 /// Keys that may differ between a stopped run and its resumption.
 fn comparable(cfg: &RunConfig) -> RunConfig {
     let mut c = cfg.clone();
+    // The same folders however they are spelled: `--out runs/x/ --resume` against a saved
+    // absolute `out`, or a hand-written config.toml with `${VAR}` or `..` in its paths. (An
+    // unset variable is reported where the path is used.)
+    let _ = c.expand_paths();
+    c.out = absolute(&c.out);
+    c.model = absolute(&c.model);
+    c.data = absolute(&c.data);
+    c.teacher = c.teacher.as_deref().map(absolute);
     c.stop_after_epochs = None;
     c.device = String::new();
     c.inference_passes = 0;
+    c.logging_steps = 0;
+    c.keep_checkpoints = false;
     c
 }
 
@@ -220,6 +231,7 @@ fn discard_unstarted_run(run: &RunDir, created_root: bool) {
         return;
     }
     let _ = std::fs::remove_file(run.config());
+    let _ = std::fs::remove_file(run.train_log());
     let _ = remove_stale_temporaries(run);
     if created_root {
         // Fails, as intended, when the folder is not empty (a teacher-logit cache, user files).
@@ -347,17 +359,22 @@ fn teacher_logits<B: LoraOps>(
         ..Default::default()
     };
     let build = || -> Result<Vec<f32>> {
-        observer.on_phase(&format!(
-            "computing teacher logits for {} training examples",
-            train_examples.len()
-        ));
+        observer.on_phase_start("teacher logits", train_examples.len());
         let encoded = tokenizer.encode_examples(&train_examples.examples)?;
         let data = SplitData {
             encoded,
             ..train_examples.clone()
         };
         let batcher = GlueBatcher::from_tokenizer(&tokenizer);
-        let rows = crate::eval::logits(&model, &data, &batcher, cfg.eval_batch_size, device)?;
+        let rows = crate::eval::logits_with(
+            &model,
+            &data,
+            &batcher,
+            cfg.eval_batch_size,
+            device,
+            &mut |done| observer.on_phase_progress(done),
+        )?;
+        observer.on_phase_end();
         Ok(rows.concat())
     };
     let (store, outcome) = TeacherLogits::load_or_build(run.teacher_logits(), &meta, build)?;
@@ -375,6 +392,20 @@ pub(crate) struct GroupOutcome {
     pub(crate) losses: Vec<f64>,
     /// Examples in the group.
     pub(crate) examples: usize,
+    /// With a teacher: the sums over the micro-batches of the loss against the labels and of the
+    /// loss against the teacher (the parts of `losses`).
+    pub(crate) parts: Option<(f64, f64)>,
+}
+
+impl GroupOutcome {
+    /// Means over the micro-batches of the loss parts: (against the labels, against the teacher).
+    pub(crate) fn mean_parts(&self) -> (Option<f64>, Option<f64>) {
+        let n = self.losses.len().max(1) as f64;
+        match self.parts {
+            Some((task, kd)) => (Some(task / n), Some(kd / n)),
+            None => (None, None),
+        }
+    }
 }
 
 /// Forward and backward over one optimizer step's micro-batches (gradient accumulation), shared
@@ -394,10 +425,23 @@ pub(crate) fn group_gradients<B: AutodiffLoraOps>(
         grads: GradientsParams::new(),
         losses: Vec::with_capacity(group.len()),
         examples: 0,
+        parts: None,
     };
     for positions in group {
-        let loss = micro_batch_loss(ctx, teacher, model, positions, device)?;
+        let (loss, parts) = micro_batch_loss(ctx, teacher, model, positions, device)?;
         let value: f64 = loss.clone().into_scalar().elem::<f64>();
+        if let Some([task, kd]) = parts {
+            // Read on the inner backend: the values only, nothing joins the autodiff graph.
+            let values = Tensor::cat(vec![task.inner(), kd.inner()], 0)
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .unwrap_or_default();
+            if let [task, kd] = values[..] {
+                let (t, k) = out.parts.unwrap_or((0.0, 0.0));
+                out.parts = Some((t + task, k + kd));
+            }
+        }
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 step,
@@ -415,6 +459,10 @@ pub(crate) fn group_gradients<B: AutodiffLoraOps>(
     Ok(out)
 }
 
+/// A micro-batch's loss and, with a teacher, its two parts (against the labels, against the
+/// teacher).
+type MicroBatchLoss<B> = (Tensor<B, 1>, Option<[Tensor<B, 1>; 2]>);
+
 /// Loss of one micro-batch (unscaled): cross-entropy (MSE for regression), or the KD loss
 /// against the teacher's logits looked up by example position.
 fn micro_batch_loss<B: AutodiffLoraOps>(
@@ -423,7 +471,7 @@ fn micro_batch_loss<B: AutodiffLoraOps>(
     model: &SequenceClassifier<B>,
     positions: &[usize],
     device: &B::Device,
-) -> Result<Tensor<B, 1>> {
+) -> Result<MicroBatchLoss<B>> {
     let cfg = &ctx.cfg;
     let batch = ctx.train_data.batch::<B>(&ctx.batcher, positions, device)?;
     let logits = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids);
@@ -435,74 +483,21 @@ fn micro_batch_loss<B: AutodiffLoraOps>(
         path: cfg.data.clone(),
         message: "training batch without labels".into(),
     })?;
-    Ok(match (labels, teacher) {
-        (GlueLabels::Class(l), None) => kdlora_distill::hard_loss(logits, l),
+    let kd = match (labels, teacher) {
+        (GlueLabels::Class(l), None) => return Ok((kdlora_distill::hard_loss(logits, l), None)),
         (GlueLabels::Score(s), None) => {
             let n = s.dims()[0];
-            (logits.reshape([n]) - s).square().mean()
+            return Ok(((logits.reshape([n]) - s).square().mean(), None));
         }
-        (GlueLabels::Class(l), Some(t)) => {
-            kdlora_distill::try_kd_loss(logits, t, l, &cfg.kd)?.total
-        }
+        (GlueLabels::Class(l), Some(t)) => kdlora_distill::try_kd_loss(logits, t, l, &cfg.kd)?,
         (GlueLabels::Score(s), Some(t)) => {
-            kdlora_distill::try_regression_kd_loss(logits, t, s, &cfg.kd)?.total
+            kdlora_distill::try_regression_kd_loss(logits, t, s, &cfg.kd)?
         }
-    })
-}
-
-fn save_checkpoint<B: AutodiffLoraOps>(
-    run: &RunDir,
-    model: &SequenceClassifier<B>,
-    optim: &GroupedAdamW<SequenceClassifier<B>, B>,
-    state: &CheckpointState,
-) -> Result<()> {
-    let root = run.checkpoints();
-    create_dir(&root)?;
-    let name = format!("step-{:08}", state.global_step);
-    let target = root.join(&name);
-    let staged = RunDir::temp_for(&target);
-    remove_dir_if_exists(&staged)?;
-    create_dir(&staged)?;
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    let model_path = staged.join("model");
-    model
-        .clone()
-        .save_file(model_path.clone(), &recorder)
-        .map_err(|e| TrainError::Checkpoint {
-            path: model_path,
-            message: e.to_string(),
-        })?;
-    optim.save(&staged)?;
-    write_json(&staged.join("state.json"), state)?;
-    replace_dir(&staged, &target)?;
-    // Only the newest checkpoint is kept: each holds the model and two optimizer moments.
-    for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
-        let entry = entry.map_err(|e| TrainError::io(&root, e))?;
-        let fname = entry.file_name().to_string_lossy().to_string();
-        if fname.starts_with("step-") && fname != name {
-            remove_dir_if_exists(&entry.path())?;
-        }
-    }
-    tracing::debug!(checkpoint = %target.display(), "checkpoint written");
-    Ok(())
+    };
+    Ok((kd.total, Some([kd.hard, kd.soft])))
 }
 
 type Optim<B> = GroupedAdamW<SequenceClassifier<B>, B>;
-
-fn load_checkpoint_model<B: AutodiffLoraOps>(
-    dir: &Path,
-    model: SequenceClassifier<B>,
-    device: &B::Device,
-) -> Result<SequenceClassifier<B>> {
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    let model_path = dir.join("model");
-    model
-        .load_file(model_path.clone(), &recorder, device)
-        .map_err(|e| TrainError::Checkpoint {
-            path: model_path,
-            message: e.to_string(),
-        })
-}
 
 /// Builds the student as the recipe wants it: LoRA adapters attached (base frozen) or all
 /// parameters trainable.
@@ -567,6 +562,28 @@ impl RunContext {
             .stop_after_epochs
             .unwrap_or(self.cfg.epochs)
             .min(self.cfg.epochs)
+    }
+
+    /// The global step this invocation stops at (the end of [`RunContext::stop_epoch`]).
+    pub(crate) fn end_step(&self) -> usize {
+        self.steps_per_epoch() * self.stop_epoch()
+    }
+
+    /// Opens `train_log.jsonl` for a run continuing after `start_step`.
+    pub(crate) fn step_log(&self, start_step: usize) -> Result<StepLog> {
+        let every = logging_interval(self.cfg.logging_steps, self.steps_per_epoch());
+        StepLog::open(
+            &self.run.train_log(),
+            every,
+            self.steps_per_epoch(),
+            start_step,
+        )
+    }
+
+    /// Whether the loop's checkpoints hold only the trainable tensors (LoRA: the frozen base is
+    /// rebuilt from the model folder and the seed).
+    pub(crate) fn trainable_checkpoints(&self) -> bool {
+        self.cfg.method.uses_lora()
     }
 }
 
@@ -638,6 +655,22 @@ fn prepare<B: AutodiffLoraOps>(
                 differing_keys(&a, &b).join(", "),
                 run.root().display()
             )));
+        }
+        // A finished run's checkpoints are removed (unless keep_checkpoints): without one,
+        // --resume would silently train it again from scratch.
+        if run.metrics_json().is_file()
+            && !run.checkpoints().exists()
+            && !has_entries(&run.learner_dir().join("checkpoint"))
+        {
+            return Err(TrainError::invalid(
+                "out",
+                format!(
+                    "{} is a finished run (metrics.json) whose checkpoints were removed; there is \
+                     nothing to resume (train into another folder, or set keep_checkpoints = true \
+                     to keep them)",
+                    run.root().display()
+                ),
+            ));
         }
     } else if !resume
         && (run.checkpoints().exists()
@@ -747,8 +780,9 @@ fn prepare<B: AutodiffLoraOps>(
 /// ([`Engine`](crate::Engine)); both write the same run folder.
 ///
 /// With `resume`, continues from the newest checkpoint in the run folder (the saved
-/// `config.toml` must match `cfg` except `stop_after_epochs`, `device` and
-/// `inference_passes`); the result equals an uninterrupted run with the same seed on CPU.
+/// `config.toml` must match `cfg` except `stop_after_epochs`, `device`, `inference_passes`,
+/// `logging_steps` and `keep_checkpoints`); the result equals an uninterrupted run with the same
+/// seed on CPU. A finished run whose checkpoints were removed is not resumed (an error).
 pub fn train<B: AutodiffLoraOps>(
     cfg: &RunConfig,
     resume: bool,
@@ -830,7 +864,8 @@ fn train_loop<B: AutodiffLoraOps>(
     let stop_epoch = ctx.stop_epoch();
 
     let mut divergence = DivergenceWatch::new(cfg.divergence_factor, state.first_loss);
-    observer.on_start(total_steps, state.global_step);
+    let mut step_log = ctx.step_log(state.global_step)?;
+    observer.on_start(ctx.end_step(), state.global_step);
     let mut lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
     for epoch in state.epochs_completed..stop_epoch {
         let batches = epoch_batches(ctx.train_data.len(), cfg.batch_size, cfg.seed, epoch);
@@ -864,6 +899,7 @@ fn train_loop<B: AutodiffLoraOps>(
                 step_loss / group.len() as f64,
             )?;
             state.first_loss = divergence.first();
+            let (task_loss, kd_loss) = out.mean_parts();
             let (updated, norm) = optim.step(lr, model, out.grads);
             model = updated;
             if let Some(n) = norm
@@ -881,38 +917,53 @@ fn train_loop<B: AutodiffLoraOps>(
             let secs = step_start.elapsed().as_secs_f64();
             state.train_seconds += secs;
             state.epoch_seconds += secs;
-            observer.on_step(&StepInfo {
+            let info = StepInfo {
                 epoch: epoch + 1,
                 step: state.global_step,
                 total_steps,
                 loss: step_loss / group.len() as f64,
+                task_loss,
+                kd_loss,
                 lr,
+                grad_norm: norm,
+                examples: out.examples,
+                seconds: secs,
+                elapsed_seconds: state.train_seconds,
                 examples_per_second: if state.train_seconds > 0.0 {
                     state.train_examples as f64 / state.train_seconds
                 } else {
                     0.0
                 },
-            });
+            };
+            observer.on_step(&info);
+            step_log.step(&info, observer)?;
             let at_epoch_end = state.batches_in_epoch == batches.len();
             if cfg.checkpoint_steps > 0
                 && state.global_step.is_multiple_of(cfg.checkpoint_steps)
                 && !at_epoch_end
             {
-                save_checkpoint(run, &model, &optim, &state)?;
+                save_checkpoint(run, &model, &optim, &state, ctx.trainable_checkpoints())?;
             }
         }
 
+        let valid = model.valid();
         let record = evaluate_epoch(
             ctx,
-            &model.valid(),
+            &valid,
             epoch + 1,
             state.global_step,
             state.epoch_loss_sum / state.epoch_batches.max(1) as f64,
             lr,
             state.epoch_seconds,
             device,
+            observer,
         )?;
         observer.on_epoch_end(record.epoch, record.score);
+        // Before the epoch's checkpoint: a run killed in between redoes the epoch and rewrites it.
+        if cfg.save_best && is_best(&records, &record) {
+            save_best(ctx, &valid)?;
+        }
+        drop(valid);
         records.push(record);
         state.epochs_completed = epoch + 1;
         state.batches_in_epoch = 0;
@@ -920,7 +971,7 @@ fn train_loop<B: AutodiffLoraOps>(
         state.epoch_batches = 0;
         state.epoch_seconds = 0.0;
         write_jsonl(&run.metrics_jsonl(), &records)?;
-        save_checkpoint(run, &model, &optim, &state)?;
+        save_checkpoint(run, &model, &optim, &state, ctx.trainable_checkpoints())?;
     }
     observer.on_finish();
 
@@ -966,25 +1017,32 @@ pub(crate) fn evaluate_epoch<B: LoraOps>(
     lr: f64,
     train_seconds: f64,
     device: &B::Device,
+    observer: &mut dyn TrainObserver,
 ) -> Result<EpochRecord> {
     let eval_start = Instant::now();
-    let metrics = evaluate_model(
+    let matched = ctx.dev_data.len();
+    let total = matched + ctx.dev_mismatched.as_ref().map_or(0, SplitData::len);
+    observer.on_phase_start(&format!("evaluating epoch {epoch}"), total);
+    let metrics = evaluate_model_with(
         valid,
         &ctx.dev_data,
         &ctx.batcher,
         ctx.cfg.eval_batch_size,
         device,
+        &mut |done| observer.on_phase_progress(done),
     )?;
     let mismatched = match &ctx.dev_mismatched {
-        Some(data) => Some(evaluate_model(
+        Some(data) => Some(evaluate_model_with(
             valid,
             data,
             &ctx.batcher,
             ctx.cfg.eval_batch_size,
             device,
+            &mut |done| observer.on_phase_progress(matched + done),
         )?),
         None => None,
     };
+    observer.on_phase_end();
     let record = EpochRecord {
         epoch,
         step,
@@ -1044,42 +1102,30 @@ pub(crate) fn finish<B: LoraOps>(
     let device_reserved = B::device_memory_reserved(device);
 
     // Final artifacts.
-    if cfg.method.uses_lora() {
-        let target = run.adapter();
-        let staged = RunDir::temp_for(&target);
-        remove_dir_if_exists(&staged)?;
-        // PEFT convention: the Hub id when the base came from the Hub, else the folder.
-        let base = ctx
-            .model_hub
-            .as_ref()
-            .map_or_else(|| cfg.model.to_string_lossy().to_string(), |h| h.id.clone());
-        kdlora_lora::save_adapter(&valid, &cfg.lora, &staged, &base)?;
-        replace_dir(&staged, &target)?;
+    let target = if cfg.method.uses_lora() {
+        run.adapter()
     } else {
-        let target = run.model();
-        let staged = RunDir::temp_for(&target);
-        remove_dir_if_exists(&staged)?;
-        valid.save_pretrained(&staged)?;
-        for name in TOKENIZER_FILES {
-            let src = cfg.model.join(name);
-            if src.is_file() {
-                std::fs::copy(&src, staged.join(name)).map_err(|e| TrainError::io(&src, e))?;
-            }
-        }
-        replace_dir(&staged, &target)?;
-    }
+        run.model()
+    };
+    save_weights(ctx, &valid, &target)?;
 
     let inference = if cfg.inference_passes > 0 {
-        observer.on_phase("timing inference on dev");
+        observer.on_phase_start(
+            "timing inference on dev",
+            cfg.inference_passes * ctx.dev_data.len(),
+        );
         kdlora_lora::merge(&mut valid);
-        Some(time_inference(
+        let timing = time_inference_with(
             &valid,
             &ctx.dev_data,
             &ctx.batcher,
             INFERENCE_BATCH_SIZE,
             cfg.inference_passes,
             device,
-        )?)
+            &mut |done| observer.on_phase_progress(done),
+        )?;
+        observer.on_phase_end();
+        Some(timing)
     } else {
         None
     };
@@ -1127,9 +1173,95 @@ pub(crate) fn finish<B: LoraOps>(
     };
     if totals.epochs_completed == cfg.epochs {
         write_json(&run.metrics_json(), &metrics)?;
+        // A finished run is not resumed: its checkpoints (each the size of the model and two
+        // optimizer moments for full fine-tuning) are only kept when asked.
+        if !cfg.keep_checkpoints {
+            remove_dir_if_exists(&run.checkpoints())?;
+            remove_dir_if_exists(&run.learner_dir())?;
+        }
     }
     remove_stale_temporaries(run)?;
     Ok(metrics)
+}
+
+/// Writes the weights of `valid` to the folder `target`, replacing it: a PEFT adapter folder for
+/// LoRA runs, a Hugging Face model folder (with the tokenizer files) otherwise.
+fn save_weights<B: LoraOps>(
+    ctx: &RunContext,
+    valid: &SequenceClassifier<B>,
+    target: &Path,
+) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let staged = RunDir::temp_for(target);
+    remove_dir_if_exists(&staged)?;
+    if cfg.method.uses_lora() {
+        let base = adapter_base(ctx);
+        kdlora_lora::save_adapter(valid, &cfg.lora, &staged, &base)?;
+    } else {
+        valid.save_pretrained(&staged)?;
+        for name in TOKENIZER_FILES {
+            let src = cfg.model.join(name);
+            if src.is_file() {
+                std::fs::copy(&src, staged.join(name)).map_err(|e| TrainError::io(&src, e))?;
+            }
+        }
+    }
+    replace_dir(&staged, target)
+}
+
+/// The adapter's `base_model_name_or_path`: the Hub id when the base came from the Hub, else the
+/// model folder relative to the run folder (`../../shared/models/x`), which stays right when the
+/// run and the models move together and is the same whatever path spelling or working folder the
+/// run was started (or resumed) with; an absolute path where no relative one exists.
+fn adapter_base(ctx: &RunContext) -> String {
+    if let Some(hub) = &ctx.model_hub {
+        return hub.id.clone();
+    }
+    let run = absolute(ctx.run.root());
+    relative_path(&ctx.cfg.model, &run)
+        .unwrap_or_else(|| ctx.cfg.model.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `path` relative to the folder `base` (both absolute), `None` when they share no root.
+fn relative_path(path: &Path, base: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    if !path.is_absolute() || !base.is_absolute() {
+        return None;
+    }
+    let (a, b): (Vec<Component>, Vec<Component>) =
+        (path.components().collect(), base.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    // Only the root in common (or a different drive): a relative path would say nothing useful.
+    if common <= 1 {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &a[common..] {
+        out.push(c.as_os_str());
+    }
+    Some(if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    })
+}
+
+/// Whether `record` is the best epoch so far: the highest score, the later epoch on a tie (as
+/// `metrics.json`'s `best`).
+pub(crate) fn is_best(earlier: &[EpochRecord], record: &EpochRecord) -> bool {
+    earlier.iter().all(|r| record.score >= r.score)
+}
+
+/// `save_best`: the weights of the epoch just evaluated into `best/`.
+pub(crate) fn save_best<B: LoraOps>(ctx: &RunContext, valid: &SequenceClassifier<B>) -> Result<()> {
+    save_weights(ctx, valid, &ctx.run.best())?;
+    tracing::debug!(best = %ctx.run.best().display(), "best epoch's weights saved");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1160,12 +1292,61 @@ mod tests {
     }
 
     #[test]
+    fn adapter_base_paths_are_relative_to_the_run() {
+        let rel = |p: &str, b: &str| relative_path(Path::new(p), Path::new(b));
+        assert_eq!(
+            rel("/work/shared/models/x", "/work/main/runs/a"),
+            Some(PathBuf::from("../../../shared/models/x"))
+        );
+        assert_eq!(
+            rel("/work/main/runs/a/model", "/work/main/runs/a"),
+            Some(PathBuf::from("model"))
+        );
+        // Nothing but the root in common, or a relative input: no relative path.
+        assert_eq!(rel("/opt/models/x", "/tmp/run"), None);
+        assert_eq!(rel("models/x", "/tmp/run"), None);
+    }
+
+    #[test]
+    fn the_best_epoch_is_the_later_one_on_a_tie() {
+        let record = |epoch: usize, score: f64| EpochRecord {
+            epoch,
+            step: epoch,
+            train_loss: 0.5,
+            lr: 0.0,
+            score,
+            score_mismatched: None,
+            dev: serde_json::Value::Null,
+            dev_mismatched: None,
+            train_seconds: 1.0,
+            eval_seconds: 1.0,
+        };
+        let earlier = [record(1, 60.0), record(2, 70.0)];
+        assert!(is_best(&[], &record(1, 10.0)));
+        assert!(is_best(&earlier, &record(3, 70.0)));
+        assert!(!is_best(&earlier, &record(3, 69.9)));
+        // The same choice as metrics.json's `best`.
+        let mut all = earlier.to_vec();
+        all.push(record(3, 70.0));
+        let best = all
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .unwrap();
+        assert_eq!(best.epoch, 3);
+    }
+
+    #[test]
     fn divergence_is_judged_against_the_first_loss() {
         let mut watch = DivergenceWatch::new(100.0, None);
         assert!(watch.observe(1, 1, 0.7).is_ok());
         assert!(watch.observe(2, 1, 50.0).is_ok());
         match watch.observe(3, 1, 6e6) {
-            Err(TrainError::Diverged { step: 3, epoch: 1, first, .. }) => assert_eq!(first, 0.7),
+            Err(TrainError::Diverged {
+                step: 3,
+                epoch: 1,
+                first,
+                ..
+            }) => assert_eq!(first, 0.7),
             other => panic!("expected Diverged, got {other:?}"),
         }
         assert_eq!(watch.first(), Some(0.7));

@@ -3,6 +3,7 @@
 //! build faster and take less disk), one module per topic.
 
 mod common;
+mod fuzz;
 mod param_counts;
 mod peft_parity;
 mod run_adapter_peft;

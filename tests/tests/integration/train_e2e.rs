@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use kdlora_glue::{GlueDataset, GlueTask, Label, Split};
-use kdlora_train::{EpochRecord, NoProgress, RunMetrics, TrainError};
+use kdlora_train::{EpochRecord, NoProgress, RunMetrics, StepRecord, TrainError};
 
 use crate::common::{config, lock, q, shared, tiny};
 
@@ -213,6 +213,16 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(full.last.train_loss, resumed.last.train_loss);
     let bytes = |dir: &Path| std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
     assert_eq!(bytes(&full_dir), bytes(&part_dir), "adapter weights differ");
+    // The step log of the resumed run has every step once, with the uninterrupted run's losses.
+    let log = |dir: &Path| -> Vec<(usize, f64)> {
+        kdlora_train::read_jsonl::<StepRecord>(&dir.join("train_log.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| (r.step, r.loss))
+            .collect()
+    };
+    assert_eq!(log(&full_dir), log(&part_dir));
+    assert_eq!(log(&full_dir).len(), 6);
 
     // `kdlora eval` path: the saved run (base + adapter, merged) reloads to the same dev metrics.
     let again = kdlora_train::eval_run::<Inner>(&part_dir, None, &Default::default()).unwrap();

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use kdlora_train::{Engine, EpochRecord, NoProgress, RunConfig, RunMetrics, TrainError};
+use kdlora_train::{
+    Engine, EpochRecord, NoProgress, RunConfig, RunMetrics, StepRecord, TrainError,
+};
 
 use crate::common::{load, lock, q, shared, tiny};
 
@@ -76,7 +78,12 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
     let loop_lora = tmp.path().join("loop-lora");
     let learner_lora = tmp.path().join("learner-lora");
     run(&tiny("lora", &shared, &loop_lora, &[]), false).unwrap();
-    let m = run(&tiny("lora", &shared, &learner_lora, &[learner()]), false).unwrap();
+    let keep = ("keep_checkpoints", "true".to_string());
+    let m = run(
+        &tiny("lora", &shared, &learner_lora, &[learner(), keep]),
+        false,
+    )
+    .unwrap();
     eprintln!("lora runs: {:.1}s", t.elapsed().as_secs_f64());
     assert_eq!(m.epochs, 2);
     assert_eq!(m.train.examples, 2 * 48);
@@ -89,7 +96,8 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
     assert_eq!(saved.engine, Engine::Learner);
     assert_eq!(rows(&learner_lora).len(), 2);
     assert_same_run(&loop_lora, &learner_lora);
-    // burn-train wrote its epoch checkpoints (the last two) and nothing else of its own.
+    // burn-train wrote its epoch checkpoints (the last two, kept with keep_checkpoints) and
+    // nothing else of its own.
     let ckpt = learner_lora.join("learner/checkpoint");
     for name in [
         "model-2.bin",
@@ -125,7 +133,24 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
             .is_file()
     );
     assert!(learner_kd.join("teacher_logits.safetensors").is_file());
+    // Without keep_checkpoints a finished run keeps none.
+    assert!(!learner_kd.join("learner").exists());
+    assert!(!loop_kd.join("checkpoints").exists());
     assert_same_run(&loop_kd, &learner_kd);
+    // Both engines log the same steps and losses (the KD runs with their two parts).
+    let log = |d: &Path| -> Vec<StepRecord> {
+        kdlora_train::read_jsonl(&d.join("train_log.jsonl")).unwrap()
+    };
+    let (a, b) = (log(&loop_kd), log(&learner_kd));
+    assert_eq!(a.len(), 2 * 3, "one line per step of the 3-step epochs");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.step, x.epoch, x.loss, x.lr),
+            (y.step, y.epoch, y.loss, y.lr)
+        );
+        assert_eq!((x.task_loss, x.kd_loss), (y.task_loss, y.kd_loss));
+        assert!(x.task_loss.is_some() && x.kd_loss.is_some() && x.grad_norm.is_some());
+    }
 
     // Epoch-boundary resume: stop after epoch 1, resume, same result as uninterrupted.
     let t = std::time::Instant::now();

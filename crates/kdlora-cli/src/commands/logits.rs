@@ -30,7 +30,9 @@ pub struct Args {
     #[arg(long)]
     pub text: Option<String>,
     /// Second text of a pair (with --text).
-    #[arg(long, requires = "text")]
+    // `conflicts_with` as well: with `--input` given, clap let `requires` pass and the pair was
+    // silently ignored (found by the bad-input suite).
+    #[arg(long, requires = "text", conflicts_with = "input")]
     pub text_pair: Option<String>,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]

@@ -48,6 +48,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             args.out.display()
         );
     }
+    super::check_output("--out", &args.out, super::Output::Folder)?;
     let (model, _report) =
         SequenceClassifier::<B>::load(&args.model, &LoadOptions::default(), &device)
             .with_context(|| format!("loading the model from {}", args.model.display()))?;

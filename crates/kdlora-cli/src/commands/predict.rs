@@ -33,6 +33,7 @@ pub struct Args {
 
 /// Runs the verb.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    super::check_output("--out", &args.out, super::Output::File)?;
     let device = args.device;
     let task: GlueTask = args
         .task

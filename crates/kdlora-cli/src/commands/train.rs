@@ -90,8 +90,19 @@ pub fn build_config(args: &Args) -> anyhow::Result<RunConfig> {
 /// Runs the verb.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = build_config(&args)?;
-    let device: DeviceArg = clap::ValueEnum::from_str(&cfg.device, true)
-        .map_err(|e| anyhow::anyhow!("configuration key `device`: {e}"))?;
+    super::check_output("configuration key `out`:", &cfg.out, super::Output::Folder)?;
+    let device: DeviceArg = clap::ValueEnum::from_str(&cfg.device, true).map_err(|_| {
+        // clap's own message is only "invalid variant: NAME".
+        let valid: Vec<&str> = <DeviceArg as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        anyhow::anyhow!(
+            "configuration key `device`: unknown device `{}` (expected {})",
+            cfg.device,
+            valid.join(", ")
+        )
+    })?;
     let metrics = device.run_autodiff(Train {
         cfg,
         resume: args.resume,

@@ -70,20 +70,23 @@ fn newest_checkpoint(run: &Path) -> Option<usize> {
         .max()
 }
 
-/// The step to kill at: `KDLORA_KILL_STEP` to reproduce a failure, else drawn from the clock.
-/// Within the first three quarters of the run so that the kill lands before it finishes.
-fn kill_step() -> usize {
-    if let Some(step) = std::env::var("KDLORA_KILL_STEP")
+/// Where to kill: once checkpoint `step` exists, after `delay_ms` more (so that the kill also
+/// lands inside the next step's forward, backward or checkpoint write, not only right after a
+/// checkpoint). `KDLORA_KILL_AT=STEP+MS` reproduces a failure; otherwise drawn from the clock,
+/// within the first three quarters of the run so that the kill lands before it finishes.
+fn kill_point() -> (usize, u64) {
+    if let Some((step, ms)) = std::env::var("KDLORA_KILL_AT")
         .ok()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.split_once('+').map(|(a, b)| (a.parse(), b.parse())))
+        .and_then(|(a, b)| Some((a.ok()?, b.ok()?)))
     {
-        return step;
+        return (step, ms);
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as usize;
-    1 + nanos % (STEPS * 3 / 4)
+    (1 + nanos % (STEPS * 3 / 4), (nanos / 1000 % 10) as u64)
 }
 
 /// Drops the fields that measure time or memory (they differ between any two runs) from a
@@ -148,8 +151,11 @@ fn sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run() {
     let data = write_mnli(&tmp.path().join("glue"), TRAIN_ROWS, 12, 0);
     let killed = tmp.path().join("killed");
     let full = tmp.path().join("full");
-    let k = kill_step();
-    eprintln!("killing at optimizer step {k} of {STEPS} (KDLORA_KILL_STEP={k} reproduces it)");
+    let (k, delay_ms) = kill_point();
+    eprintln!(
+        "killing {delay_ms} ms after checkpoint {k} of {STEPS} (KDLORA_KILL_AT={k}+{delay_ms} \
+         reproduces it)"
+    );
 
     let config = write_config(tmp.path(), &data, &killed);
     let log = tmp.path().join("killed.log");
@@ -158,6 +164,8 @@ fn sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run() {
     let deadline = Instant::now() + Duration::from_secs(300);
     let seen = loop {
         if let Some(step) = newest_checkpoint(&killed).filter(|s| *s >= k) {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            // SIGKILL on Unix: no handler runs, nothing is flushed.
             child.kill().unwrap();
             break step;
         }
@@ -180,7 +188,7 @@ fn sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run() {
         "the kill came after the run finished; lower the kill step"
     );
     eprintln!(
-        "killed after checkpoint {seen} was seen; newest complete checkpoint now: {:?}",
+        "killed {delay_ms} ms after checkpoint {seen} was seen; newest complete checkpoint now: {:?}",
         newest_checkpoint(&killed)
     );
 

@@ -8,3 +8,4 @@ mod deberta_logits;
 mod kill_resume;
 mod logits;
 mod lora_cli;
+mod train_logs;
