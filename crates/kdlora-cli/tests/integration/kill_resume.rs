@@ -39,7 +39,9 @@ fn write_config(dir: &Path, data: &Path, out: &Path) -> PathBuf {
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kdlora"))
         .args(args)
-        .env("RUST_LOG", "warn")
+        // The loop's "resuming" line (info) tells a resumed run from one that started over, which
+        // would give the same numbers.
+        .env("RUST_LOG", "warn,kdlora_train=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // A file, not a pipe: nobody reads the pipe while the test polls, and a full one blocks.
@@ -187,16 +189,21 @@ fn sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run() {
         !killed.join("metrics.json").exists(),
         "the kill came after the run finished; lower the kill step"
     );
-    eprintln!(
-        "killed {delay_ms} ms after checkpoint {seen} was seen; newest complete checkpoint now: {:?}",
-        newest_checkpoint(&killed)
-    );
+    let newest = newest_checkpoint(&killed).expect("a checkpoint survives the kill");
+    eprintln!("killed {delay_ms} ms after checkpoint {seen} was seen; newest checkpoint: {newest}");
 
     // Resumed exactly as the README says: the run's own config.toml and --resume.
     let saved = killed.join("config.toml");
+    let log = tmp.path().join("resumed.log");
     run_ok(
         &["train", "--config", saved.to_str().unwrap(), "--resume"],
-        &tmp.path().join("resumed.log"),
+        &log,
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resuming") && l.contains(&format!("step={newest}"))),
+        "the run did not resume from checkpoint {newest}:\n{log}"
     );
     let config = write_config(tmp.path(), &data, &full);
     run_ok(
