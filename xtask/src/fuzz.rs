@@ -2,8 +2,8 @@
 //! `tests/tests/integration/fuzz/`, one process per target (an abort in one loader, such as a
 //! failed allocation, then ends only that target), and a table of what each found.
 //!
-//! The harness is built with `cargo test --workspace --no-run`, the command CI builds with, so the
-//! same features are resolved and nothing of Burn is rebuilt. Its binary is then copied and run
+//! The harness is built with `cargo test --workspace --no-run`, the build CI makes, so the same
+//! features are resolved and nothing of Burn is rebuilt. Its binary is then copied and run
 //! directly for every target: edits to the tree during an hour of fuzzing neither trigger a
 //! rebuild nor change the code under test halfway.
 
@@ -55,11 +55,11 @@ impl Report {
 fn build_harness(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(&cargo)
+        // Exactly CI's build (all test targets): a narrower selection (`--test integration`)
+        // leaves out other targets' dev-dependencies, whose features would then differ.
         .args([
             "test",
             "--workspace",
-            "--test",
-            "integration",
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])

@@ -41,6 +41,10 @@ pub struct Preset {
     /// override them).
     #[serde(default)]
     pub slurm: Option<crate::slurm::Resources>,
+    /// Runs trained at once when `--jobs` and `--devices` are not given (default 1). The cpu
+    /// preset takes 2: one `kdlora` process leaves a fifth of the two cores idle.
+    #[serde(default)]
+    pub jobs: Option<usize>,
 }
 
 /// A model family: teacher-size model (FFT and LoRA baselines) and its student (KD-LoRA).

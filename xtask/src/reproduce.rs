@@ -76,11 +76,11 @@ pub fn run_preset(root: &Path, shared: &Path, options: &Options, preset: &Preset
     let cells = preset.cells(&vars)?;
     check_inputs(&cells, &options.preset)?;
     let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    let slots = plan_slots(
-        options.jobs,
-        options.devices.as_deref(),
-        cuda_visible.as_deref(),
-    )?;
+    let jobs = match (options.jobs, &options.devices) {
+        (None, None) => preset.jobs,
+        (jobs, _) => jobs,
+    };
+    let slots = plan_slots(jobs, options.devices.as_deref(), cuda_visible.as_deref())?;
     let results = options
         .results
         .clone()
@@ -733,6 +733,10 @@ impl Progress {
     /// ` [3/12 finished, 4.2 min elapsed, about 10 min left]`: the left time is the mean of the
     /// runs trained so far for each run left, shared among the slots.
     fn where_we_are(&self, state: &ProgressState) -> String {
+        // A lone cell (a Slurm array task) has no grid to place it in.
+        if self.total <= 1 {
+            return String::new();
+        }
         let left = self.total - state.finished;
         let mut text = format!(
             " [{}/{} finished, {:.1} min elapsed",
@@ -922,6 +926,16 @@ pub(crate) mod tests {
             readme.contains("cargo test --workspace "),
             "README's test command changed"
         );
+    }
+
+    /// A Slurm array task runs one cell: its log starts without a meaningless `[0/1 finished]`.
+    #[test]
+    fn progress_places_a_run_only_within_a_grid() {
+        let lone = Progress::new(1, 1);
+        assert_eq!(lone.where_we_are(&lone.lock()), "");
+        let grid = Progress::new(3, 2);
+        let text = grid.where_we_are(&grid.lock());
+        assert!(text.starts_with(" [0/3 finished, "), "{text}");
     }
 
     /// A grid of two tasks: two FFT learning rates (the teacher candidates), one LoRA, one

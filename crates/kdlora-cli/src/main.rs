@@ -29,15 +29,19 @@ enum Command {
     Score(commands::score::Args),
     /// GLUE data: `download` the official files, `stats` of a task's splits.
     Data(commands::data::Args),
-    /// Print one JSON line of logits per input (token ids from a JSON-lines file, or text).
+    /// Print one JSON line of logits per input (token ids or texts from a file, or one text).
     Logits(commands::logits::Args),
     /// Fold a PEFT LoRA adapter into its base model and write a plain Hugging Face checkpoint.
     Merge(commands::merge::Args),
     /// Train a run (fft, lora, kd-lora, kd) from a TOML config into a run folder.
+    #[command(
+        after_help = "`kdlora train --help` lists every configuration key with its default.",
+        after_long_help = commands::train::keys_help()
+    )]
     Train(commands::train::Args),
     /// Evaluate a run folder on its task's dev split (one JSON object).
     Eval(commands::eval::Args),
-    /// Write a GLUE submission file of a run's predictions.
+    /// Write a GLUE submission file of a run's predictions, or label a file of texts.
     Predict(commands::predict::Args),
     /// Measure one training or inference configuration (one JSON object).
     Bench(commands::bench::Args),

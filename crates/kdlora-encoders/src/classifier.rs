@@ -16,6 +16,7 @@ use crate::deberta_v2::{
 use crate::distilbert::{self, DISTILBERT_PREFIX, DistilBertForSequenceClassification};
 use crate::error::EncoderError;
 use crate::roberta::{self, ROBERTA_PREFIX, RobertaForSequenceClassification};
+use crate::sizes::check_sizes;
 use crate::weights::{LoadReport, ModuleLoader, TensorWriter, WEIGHTS_FILE, WeightMap};
 
 /// `model_type`s that [`SequenceClassifier::load`] accepts.
@@ -123,6 +124,14 @@ impl<B: LoraOps> SequenceClassifier<B> {
             DebertaV2Settings::from_config(&config, &dir.join(CONFIG_FILE))?;
         }
         let mut weights = WeightMap::from_dir(dir)?;
+        // Here with the folder's own config.json in the errors; `build` checks again for the
+        // other entry points.
+        check_sizes(
+            &config,
+            Some(&weights),
+            base_prefix(&config.model_type)?,
+            &dir.join(CONFIG_FILE),
+        )?;
         Self::from_weights(config, &mut weights, options, device)
     }
 
@@ -168,6 +177,13 @@ impl<B: LoraOps> SequenceClassifier<B> {
             config.problem_type = problem_type;
         }
         let prefix = base_prefix(&config.model_type)?;
+        // Before anything is allocated at the configured sizes.
+        check_sizes(
+            &config,
+            (!synthesize).then_some(&*weights),
+            prefix,
+            Path::new(CONFIG_FILE),
+        )?;
         let loader = ModuleLoader::new(
             weights,
             prefix,

@@ -222,6 +222,10 @@ impl ModelConfig {
             "distilbert" => (0, 1e-12, 0),
             _ => (0, 1e-12, 2),
         };
+        // The sizes transformers' config class for the model type defaults to. A file that
+        // lacks one is accepted only when the weights agree with the default (checked when the
+        // model is built): transformers itself writes every size into config.json.
+        let sizes = HfSizes::for_model_type(&model_type);
         let act_key = name("hidden_act", "activation");
         let act_name: String = field(&raw, act_key, path)?.unwrap_or_else(|| "gelu".to_string());
         let hidden_act = Activation::from_hf_name(&act_name).ok_or_else(|| {
@@ -295,14 +299,14 @@ impl ModelConfig {
         };
 
         let config = Self {
-            vocab_size: usize_field("vocab_size", 30522)?,
-            hidden_size: usize_field(name("hidden_size", "dim"), 768)?,
-            num_hidden_layers: usize_field(
-                name("num_hidden_layers", "n_layers"),
-                if distil { 6 } else { 12 },
+            vocab_size: usize_field("vocab_size", sizes.vocab)?,
+            hidden_size: usize_field(name("hidden_size", "dim"), sizes.hidden)?,
+            num_hidden_layers: usize_field(name("num_hidden_layers", "n_layers"), sizes.layers)?,
+            num_attention_heads: usize_field(name("num_attention_heads", "n_heads"), sizes.heads)?,
+            intermediate_size: usize_field(
+                name("intermediate_size", "hidden_dim"),
+                sizes.intermediate,
             )?,
-            num_attention_heads: usize_field(name("num_attention_heads", "n_heads"), 12)?,
-            intermediate_size: usize_field(name("intermediate_size", "hidden_dim"), 3072)?,
             hidden_act,
             hidden_dropout_prob,
             attention_probs_dropout_prob: f64_field(
@@ -563,6 +567,43 @@ impl ModelConfig {
                 name.to_string()
             }
             _ => self.hidden_act.hf_name().to_string(),
+        }
+    }
+}
+
+/// The size defaults of transformers' config classes (`BertConfig`, `RobertaConfig`,
+/// `DistilBertConfig`, `DebertaV2Config`), used for a key `config.json` lacks.
+struct HfSizes {
+    vocab: usize,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    intermediate: usize,
+}
+
+impl HfSizes {
+    fn for_model_type(model_type: &str) -> Self {
+        let base = Self {
+            vocab: 30522,
+            hidden: 768,
+            layers: 12,
+            heads: 12,
+            intermediate: 3072,
+        };
+        match model_type {
+            "roberta" | "deberta" => Self {
+                vocab: 50265,
+                ..base
+            },
+            "distilbert" => Self { layers: 6, ..base },
+            "deberta-v2" => Self {
+                vocab: 128100,
+                hidden: 1536,
+                layers: 24,
+                heads: 24,
+                intermediate: 6144,
+            },
+            _ => base,
         }
     }
 }

@@ -203,14 +203,17 @@ impl DebertaV2Settings {
         };
         let buckets: i64 = get(raw, "position_buckets", path)?.unwrap_or(-1);
         let position_buckets = (buckets > 0).then_some(buckets as usize);
+        // Log bucketing divides by ln((max_relative_positions - 1) / (buckets / 2)): at or below 1
+        // that ratio gives an infinite or sign-flipped bucket (transformers computes garbage there).
         if let Some(b) = position_buckets
-            && (b < 2 || max_relative_positions < 2)
+            && (b < 2 || max_relative_positions < 2 || max_relative_positions - 1 <= b / 2)
         {
             return Err(invalid(
                 "position_buckets",
                 format!(
                     "{b} buckets with max_relative_positions {max_relative_positions}: log \
-                     bucketing needs at least 2 of each"
+                     bucketing needs at least 2 buckets and max_relative_positions - 1 above \
+                     half the buckets"
                 ),
             ));
         }
@@ -903,6 +906,25 @@ mod tests {
         let s = settings(r#"{"model_type":"deberta-v2"}"#).unwrap();
         assert!(!s.c2p && !s.p2c && !s.relative_attention && s.position_biased_input);
         assert_eq!(s.scale_factor(), 1);
+    }
+
+    /// Found by the `model_dir` fuzz target: 4 buckets with max_relative_positions 3 made the
+    /// bucket's logarithm divide by ln(1) = 0 and overflow when negated.
+    #[test]
+    fn buckets_that_would_divide_by_ln_1_are_refused() {
+        let err = settings(
+            r#"{"model_type":"deberta-v2","relative_attention":true,"max_relative_positions":3,
+                "position_buckets":4,"max_position_embeddings":24}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("position_buckets"), "{err}");
+        // The shipped DeBERTa-v3 settings stay accepted.
+        settings(
+            r#"{"model_type":"deberta-v2","relative_attention":true,"max_relative_positions":-1,
+                "position_buckets":256,"max_position_embeddings":512}"#,
+        )
+        .unwrap();
     }
 
     #[test]

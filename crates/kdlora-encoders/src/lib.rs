@@ -41,6 +41,7 @@ pub mod deberta_v2;
 pub mod distilbert;
 mod error;
 pub mod roberta;
+mod sizes;
 mod weights;
 
 pub use blocks::{attention_bias, first_token, multi_head_attention};

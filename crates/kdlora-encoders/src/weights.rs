@@ -160,6 +160,19 @@ impl WeightMap {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Every stored tensor name, float or not.
+    pub(crate) fn all_keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors
+            .keys()
+            .chain(self.others.keys())
+            .map(String::as_str)
+    }
+
+    /// How many float values the checkpoint holds.
+    pub(crate) fn num_values(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len()).sum()
+    }
+
     /// Whether the checkpoint stores `key` exactly (in any dtype).
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key) || self.others.contains_key(key)

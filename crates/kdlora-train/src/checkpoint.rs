@@ -20,6 +20,7 @@ use kdlora_lora::io::{HostTensor, read_safetensors, write_safetensors};
 
 use crate::error::{Result, TrainError};
 use crate::optim::GroupedAdamW;
+use crate::record::load_module;
 use crate::run_dir::{
     CheckpointState, RunDir, create_dir, read_json, remove_dir_if_exists, replace_dir, write_json,
 };
@@ -175,18 +176,15 @@ pub(crate) fn save_checkpoint<B: AutodiffLoraOps>(
 
 /// Loads the model part of checkpoint `dir` into `model`: the trainable tensors of a LoRA
 /// checkpoint, or the whole record of a full one.
-pub(crate) fn load_checkpoint_model<B: AutodiffLoraOps>(
+pub fn load_checkpoint_model<B: AutodiffLoraOps>(
     dir: &Path,
     model: SequenceClassifier<B>,
     device: &B::Device,
 ) -> Result<SequenceClassifier<B>> {
     let trainable = dir.join(TRAINABLE_FILE);
     if !trainable.is_file() {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let model_path = dir.join(MODEL_RECORD);
-        return model
-            .load_file(model_path.clone(), &recorder, device)
-            .map_err(|e| checkpoint_error(&model_path, e.to_string()));
+        // Not Burn's `load_file`: its decoder panics or aborts on a damaged file.
+        return load_module(model, &dir.join(MODEL_RECORD), device);
     }
     // The reader's message names the file already.
     let tensors = read_safetensors(&trainable).map_err(|e| checkpoint_error(dir, e.to_string()))?;

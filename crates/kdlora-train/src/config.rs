@@ -217,40 +217,246 @@ fn default_eval_batch_size() -> usize {
     64
 }
 
-/// Top-level keys of [`RunConfig`]; environment variables naming other keys are ignored, so that
-/// unrelated `KDLORA_*` variables (such as `KDLORA_SHARED`) do not break configuration.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "method",
-    "task",
-    "model",
-    "data",
-    "out",
-    "teacher",
-    "allow_model_teacher",
-    "divergence_factor",
-    "device",
-    "epochs",
-    "batch_size",
-    "grad_accumulation",
-    "lr",
-    "weight_decay",
-    "warmup_ratio",
-    "grad_clip",
-    "max_len",
-    "seed",
-    "max_train_examples",
-    "max_eval_examples",
-    "eval_batch_size",
-    "checkpoint_steps",
-    "inference_passes",
-    "logging_steps",
-    "keep_checkpoints",
-    "save_best",
-    "stop_after_epochs",
-    "engine",
-    "lora",
-    "kd",
+/// The default of a configuration key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyDefault {
+    /// Every run must set it.
+    Required,
+    /// Unset unless given (what that means is in the key's meaning).
+    Unset,
+    /// This TOML value.
+    Value(&'static str),
+}
+
+/// One key of [`RunConfig`]: its dotted name (as in the TOML file and `--set`), its default and
+/// what it does, in one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigKey {
+    /// Dotted name: `epochs`, `lora.r`.
+    pub key: &'static str,
+    /// Its default.
+    pub default: KeyDefault,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+const fn key(key: &'static str, default: KeyDefault, meaning: &'static str) -> ConfigKey {
+    ConfigKey {
+        key,
+        default,
+        meaning,
+    }
+}
+
+use KeyDefault::{Required, Unset, Value};
+
+/// Every key a run configuration has: what `kdlora train --help` lists and which `KDLORA_*`
+/// environment variables are read. Tests hold it to [`RunConfig`]: the same keys, and each
+/// default the one loading fills in.
+pub const CONFIG_KEYS: &[ConfigKey] = &[
+    key("method", Required, "recipe: fft, lora, kd-lora or kd"),
+    key(
+        "task",
+        Required,
+        "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli",
+    ),
+    key(
+        "model",
+        Required,
+        "model folder (Hugging Face layout) or Hub id org/name[@revision]",
+    ),
+    key(
+        "data",
+        Required,
+        "GLUE data folder (original TSV layout or HF JSON lines)",
+    ),
+    key("out", Required, "run folder to write"),
+    key(
+        "teacher",
+        Unset,
+        "teacher run folder (an FFT run); required by kd-lora and kd",
+    ),
+    key(
+        "allow_model_teacher",
+        Value("false"),
+        "accept a model folder or Hub id as the teacher",
+    ),
+    key(
+        "divergence_factor",
+        Value("100.0"),
+        "stop when a step's loss exceeds this multiple of the first (0: never)",
+    ),
+    key(
+        "device",
+        Value("\"cpu\""),
+        "backend: cpu, ndarray, wgpu or cuda",
+    ),
+    key("epochs", Value("3"), "passes over the training set"),
+    key("batch_size", Value("32"), "examples per forward pass"),
+    key(
+        "grad_accumulation",
+        Value("1"),
+        "forward passes summed into one optimizer step",
+    ),
+    key("lr", Value("2e-5"), "peak learning rate (linear schedule)"),
+    key(
+        "weight_decay",
+        Value("0.01"),
+        "AdamW decoupled weight decay (not on biases and LayerNorm)",
+    ),
+    key(
+        "warmup_ratio",
+        Value("0.0"),
+        "fraction of the steps warming the learning rate up from 0",
+    ),
+    key(
+        "grad_clip",
+        Value("1.0"),
+        "global gradient-norm clipping threshold (0: off)",
+    ),
+    key(
+        "max_len",
+        Value("128"),
+        "maximum tokens per example (longest-first truncation)",
+    ),
+    key(
+        "seed",
+        Value("42"),
+        "seed for initialisation, dropout and shuffling",
+    ),
+    key(
+        "max_train_examples",
+        Unset,
+        "use only the first N training rows (all when unset)",
+    ),
+    key(
+        "max_eval_examples",
+        Unset,
+        "use only the first N dev rows (all when unset)",
+    ),
+    key(
+        "eval_batch_size",
+        Value("64"),
+        "examples per evaluation batch",
+    ),
+    key(
+        "checkpoint_steps",
+        Value("0"),
+        "also checkpoint every N optimizer steps (0: at epoch ends only)",
+    ),
+    key(
+        "inference_passes",
+        Value("0"),
+        "timed passes over dev for the inference time (0: skip)",
+    ),
+    key(
+        "logging_steps",
+        Value("0"),
+        "a train_log.jsonl line every N steps (0: about 25 per epoch)",
+    ),
+    key(
+        "keep_checkpoints",
+        Value("false"),
+        "keep checkpoints/ after the run finished",
+    ),
+    key(
+        "save_best",
+        Value("false"),
+        "keep the best epoch's weights in best/",
+    ),
+    key(
+        "stop_after_epochs",
+        Unset,
+        "stop after N epochs (the schedule still follows epochs)",
+    ),
+    key(
+        "engine",
+        Value("\"loop\""),
+        "training engine: loop, or learner (burn-train's Learner)",
+    ),
+    key("lora.r", Value("8"), "LoRA rank"),
+    key(
+        "lora.alpha",
+        Value("16.0"),
+        "LoRA alpha (scaling alpha / r)",
+    ),
+    key(
+        "lora.dropout",
+        Value("0.05"),
+        "dropout on the adapter input",
+    ),
+    key(
+        "lora.use_rslora",
+        Value("false"),
+        "rsLoRA scaling alpha / sqrt(r)",
+    ),
+    key(
+        "lora.init",
+        Value("\"kaiming_uniform\""),
+        "initialisation of A: kaiming_uniform or gaussian",
+    ),
+    key(
+        "lora.target_modules",
+        Unset,
+        "adapted modules: names or a regex (unset: query and value)",
+    ),
+    key(
+        "lora.modules_to_save",
+        Unset,
+        "modules trained in full and saved (unset: the head)",
+    ),
+    key(
+        "lora.train_head",
+        Value("true"),
+        "train the modules_to_save",
+    ),
+    key("lora.seed", Value("42"), "seed for the initialisation of A"),
+    key(
+        "kd.temperature",
+        Value("2.0"),
+        "softmax temperature of the distillation loss",
+    ),
+    key(
+        "kd.alpha",
+        Value("0.5"),
+        "weight of the hard loss (the teacher's gets 1 - alpha)",
+    ),
 ];
+
+/// [`CONFIG_KEYS`] as an aligned table, one key a line (`key  default  meaning`), for
+/// `kdlora train --help`.
+pub fn config_keys_table() -> String {
+    let default = |k: &ConfigKey| match k.default {
+        Required => "required".to_string(),
+        Unset => "unset".to_string(),
+        Value(v) => v.to_string(),
+    };
+    let key_width = CONFIG_KEYS.iter().map(|k| k.key.len()).max().unwrap_or(0);
+    let default_width = CONFIG_KEYS
+        .iter()
+        .map(|k| default(k).len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for k in CONFIG_KEYS {
+        out.push_str(&format!(
+            "  {:key_width$}  {:default_width$}  {}\n",
+            k.key,
+            default(k),
+            k.meaning
+        ));
+    }
+    out
+}
+
+/// Whether `top` is the first segment of a configuration key; environment variables naming
+/// other keys are ignored, so that unrelated `KDLORA_*` variables (such as `KDLORA_SHARED`) do
+/// not break configuration.
+fn is_top_level_key(top: &str) -> bool {
+    CONFIG_KEYS
+        .iter()
+        .any(|k| k.key.split('.').next() == Some(top))
+}
 
 /// The sources of a configuration, lowest priority first.
 #[derive(Clone, Debug, Default)]
@@ -329,7 +535,7 @@ impl RunConfig {
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
             let top = key.split('.').next().unwrap_or_default();
-            if TOP_LEVEL_KEYS.contains(&top) {
+            if is_top_level_key(top) {
                 env.insert(key, value.clone());
             }
         }
@@ -363,6 +569,28 @@ impl RunConfig {
     /// Renders the configuration as TOML.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// Renders the configuration as TOML with every key that has a value, defaults included
+    /// (`kdlora train --print-config`): [`RunConfig::to_toml`] leaves some defaults out so that
+    /// saved configurations stay as they were.
+    pub fn to_toml_resolved(&self) -> Result<String> {
+        let text = self.to_toml()?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| TrainError::Config(e.to_string()))?;
+        let missing: String = CONFIG_KEYS
+            .iter()
+            .filter(|k| !k.key.contains('.') && !table.contains_key(k.key))
+            .filter_map(|k| match k.default {
+                KeyDefault::Value(v) => Some(format!("{} = {v}\n", k.key)),
+                _ => None,
+            })
+            .collect();
+        // Top-level keys must come before the first table (`[lora]`).
+        let at = text.find("\n[").map_or(text.len(), |i| i + 1);
+        let (head, tail) = text.split_at(at);
+        let head = head.trim_end_matches('\n');
+        Ok(format!("{head}\n{missing}\n{tail}"))
     }
 
     /// The parsed GLUE task.
@@ -517,6 +745,99 @@ mod tests {
                 .collect(),
             overrides: ConfigSources::parse_overrides(sets)?,
         })
+    }
+
+    /// The field names a struct's deserializer expects, from serde's unknown-field message
+    /// (`unknown field `x`, expected one of `a`, `b`, ...`, or `expected `a` or `b``).
+    fn fields(toml_text: &str) -> Vec<String> {
+        let err = toml::from_str::<RunConfig>(toml_text)
+            .unwrap_err()
+            .to_string();
+        let list = err
+            .split_once(", expected")
+            .unwrap_or_else(|| panic!("{err}"))
+            .1;
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn config_keys_are_exactly_the_structs_fields() {
+        let mut expected: Vec<String> = fields(&format!("{BASE}zzz_unknown = 1\n"))
+            .into_iter()
+            .filter(|f| f != "lora" && f != "kd")
+            .collect();
+        for table in ["lora", "kd"] {
+            for field in fields(&format!("{BASE}[{table}]\nzzz_unknown = 1\n")) {
+                expected.push(format!("{table}.{field}"));
+            }
+        }
+        let listed: Vec<String> = CONFIG_KEYS.iter().map(|k| k.key.to_string()).collect();
+        assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn config_key_defaults_are_the_loaded_defaults() {
+        let default = load(BASE, &[], &[]).unwrap();
+        let saved: toml::Table = toml::from_str(&default.to_toml().unwrap()).unwrap();
+        for k in CONFIG_KEYS {
+            match k.default {
+                // A value other than the default changes the configuration.
+                KeyDefault::Value(v) => {
+                    let set = format!("{}={v}", k.key);
+                    let cfg = load(BASE, &[], &[set.as_str()])
+                        .unwrap_or_else(|e| panic!("{}: {e}", k.key));
+                    assert_eq!(format!("{cfg:?}"), format!("{default:?}"), "{}", k.key);
+                }
+                KeyDefault::Unset => {
+                    let (table, name) = k.key.split_once('.').unwrap_or(("", k.key));
+                    let values = if table.is_empty() {
+                        &saved
+                    } else {
+                        saved.get(table).and_then(|t| t.as_table()).unwrap()
+                    };
+                    assert!(!values.contains_key(name), "{} is set by default", k.key);
+                }
+                KeyDefault::Required => {
+                    let text: String = BASE
+                        .lines()
+                        .filter(|l| !l.starts_with(&format!("{} =", k.key)))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let err = load(&text, &[], &[]).unwrap_err().to_string();
+                    assert!(err.contains(k.key), "{}: {err}", k.key);
+                }
+            }
+        }
+        let table = config_keys_table();
+        assert_eq!(table.lines().count(), CONFIG_KEYS.len());
+        assert!(
+            table.contains("lora.r") && table.contains("2e-5"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_resolved_toml_has_every_default_and_loads_back() {
+        let cfg = load(BASE, &[], &["epochs=5", "lora.r=4"]).unwrap();
+        let text = cfg.to_toml_resolved().unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        for k in CONFIG_KEYS {
+            let (parent, name) = k.key.split_once('.').unwrap_or(("", k.key));
+            let values = if parent.is_empty() {
+                &table
+            } else {
+                table.get(parent).and_then(|t| t.as_table()).unwrap()
+            };
+            if !matches!(k.default, KeyDefault::Unset) {
+                assert!(values.contains_key(name), "{} missing:\n{text}", k.key);
+            }
+        }
+        let back = load(&text, &[], &[]).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{cfg:?}"));
     }
 
     #[test]

@@ -147,6 +147,20 @@ pub enum TrainError {
         /// The recorder's message.
         message: String,
     },
+
+    /// A checkpoint file exists but is truncated, corrupt or from another model.
+    #[error(
+        "checkpoint {} is damaged: {message}; delete {} to restart the run from its beginning \
+         with --resume (only the newest checkpoint is kept)",
+        path.display(),
+        path.parent().unwrap_or(path).display()
+    )]
+    DamagedCheckpoint {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl TrainError {

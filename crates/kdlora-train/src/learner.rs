@@ -53,6 +53,7 @@ use kdlora_lora::{AutodiffLoraOps, LoraOps};
 use crate::error::{Result, TrainError};
 use crate::optim::{GroupedAdamW, GroupedRecord, linear_schedule, param_groups};
 use crate::progress::{StepInfo, StepRecord, TrainObserver};
+use crate::record::load_record;
 use crate::run_dir::{read_jsonl, write_jsonl};
 use crate::runner::{
     EpochRecord, RunContext, RunMetrics, Totals, epoch_batches, evaluate_epoch, finish,
@@ -725,6 +726,21 @@ fn latest_complete_epoch<B: Backend>(dir: &Path, records: &[EpochRecord]) -> Opt
     })
 }
 
+/// Reads the three records of burn-train's checkpoint `epoch` with kdlora's decoder first:
+/// burn-train reads them with Burn's, which panics on a damaged file or aborts the process on a
+/// corrupt length.
+fn check_checkpoint<B: AutodiffLoraOps>(
+    dir: &Path,
+    epoch: usize,
+    device: &B::Device,
+) -> Result<()> {
+    let base = |name: &str| dir.join(format!("{name}-{epoch}"));
+    load_record::<B, <StudentStep<B> as Module<B>>::Record>(&base("model"), device)?;
+    load_record::<B, GroupedRecord<StudentStep<B>, B>>(&base("optim"), device)?;
+    load_record::<B, usize>(&base("scheduler"), device)?;
+    Ok(())
+}
+
 /// Sends [`Event::Done`] when dropped: on return and on panic, so the draining thread ends.
 struct DoneOnDrop(Sender<Event>);
 
@@ -774,6 +790,9 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
                 "no complete epoch checkpoint to resume from; starting from scratch"
             ),
         }
+    }
+    if let Some(epoch) = resume_epoch {
+        check_checkpoint::<B>(&checkpoint_dir, epoch, device)?;
     }
     let start_epoch = resume_epoch.unwrap_or(0);
     records.retain(|r| r.epoch <= start_epoch);

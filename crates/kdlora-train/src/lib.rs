@@ -59,11 +59,15 @@ mod learner;
 mod memory;
 mod optim;
 mod progress;
+mod record;
 mod run_dir;
 mod runner;
 mod step_log;
 
-pub use config::{ConfigSources, Engine, Method, RunConfig};
+pub use checkpoint::load_checkpoint_model;
+pub use config::{
+    CONFIG_KEYS, ConfigKey, ConfigSources, Engine, KeyDefault, Method, RunConfig, config_keys_table,
+};
 pub use data::SplitData;
 pub use error::{Result, TrainError};
 pub use eval::{

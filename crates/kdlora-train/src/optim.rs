@@ -2,17 +2,19 @@
 //! LayerNorm, as Hugging Face's Trainer), global gradient-norm clipping (as PyTorch's
 //! `clip_grad_norm_`; Burn's own clipping is per tensor), and the linear schedule with warmup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::record::{AdaptorRecord as StateRecord, AdaptorRecordV1};
+use burn::optim::{AdamW, AdamWConfig, AdamWState, GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 
 use crate::error::{Result, TrainError};
+use crate::record::{MAX_OPTIMIZER_TIME, damaged, load_record, record_path};
 
 pub use kdlora_schema::ParamCounts;
 
@@ -23,6 +25,8 @@ pub struct ParamGroups {
     pub decay: HashSet<ParamId>,
     /// Biases and LayerNorm scales/shifts: no decay.
     pub no_decay: HashSet<ParamId>,
+    /// The shape of every trainable parameter (an optimizer state must have the same).
+    pub shapes: HashMap<ParamId, Vec<usize>>,
     /// Scalar counts.
     pub counts: Option<ParamCounts>,
 }
@@ -52,6 +56,7 @@ impl<B: Backend> ModuleVisitor<B> for GroupVisitor {
             return;
         }
         self.trainable += n;
+        self.groups.shapes.insert(param.id, value.dims().to_vec());
         // The derive calls enter_module(field, "Struct:Parent") before each field, so the top of
         // the stack is the parameter's own field name and the type that holds it. Option fields
         // (a Linear's bias, a LayerNorm's beta) are entered without a frame of their own.
@@ -197,6 +202,7 @@ pub struct GroupedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
     no_decay: Adaptor<M, B>,
     decay_ids: HashSet<ParamId>,
     no_decay_ids: HashSet<ParamId>,
+    shapes: HashMap<ParamId, Vec<usize>>,
     grad_clip: f64,
 }
 
@@ -207,6 +213,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Clone for GroupedAdamW<M, B> {
             no_decay: self.no_decay.clone(),
             decay_ids: self.decay_ids.clone(),
             no_decay_ids: self.no_decay_ids.clone(),
+            shapes: self.shapes.clone(),
             grad_clip: self.grad_clip,
         }
     }
@@ -225,6 +232,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
             no_decay: base.with_weight_decay(0.0).init(),
             decay_ids: groups.decay.clone(),
             no_decay_ids: groups.no_decay.clone(),
+            shapes: groups.shapes.clone(),
             grad_clip,
         }
     }
@@ -256,6 +264,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
         if self.no_decay_ids != groups.no_decay {
             self.no_decay_ids = groups.no_decay.clone();
         }
+        self.shapes = groups.shapes.clone();
     }
 
     /// Both groups' states as one record (burn-train's checkpointer).
@@ -288,40 +297,91 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
         Ok(())
     }
 
-    /// Restores the state written by [`GroupedAdamW::save`].
+    /// Restores the state written by [`GroupedAdamW::save`]. A damaged file, or state that does
+    /// not fit the model's parameters, is a [`TrainError::DamagedCheckpoint`] naming the file.
     pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
-        let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-        let load = |name: &str| -> Result<AdaptorRecord<M, B>> {
-            let path = dir.join(name);
-            Recorder::<B>::load(&recorder, path.clone(), device).map_err(|e| {
-                TrainError::Checkpoint {
-                    path,
-                    message: e.to_string(),
-                }
-            })
-        };
-        let decay = load("optim_decay")?;
-        let no_decay = load("optim_no_decay")?;
-        // State keyed by parameters the model does not have would be silently ignored and the
-        // moments restarted; refuse instead.
-        for (name, record, ids) in [
-            ("optim_decay", &decay, &self.decay_ids),
-            ("optim_no_decay", &no_decay, &self.no_decay_ids),
+        let mut records = Vec::new();
+        for (name, ids) in [
+            ("optim_decay", &self.decay_ids),
+            ("optim_no_decay", &self.no_decay_ids),
         ] {
-            if let Some(unknown) = record.keys().find(|id| !ids.contains(id)) {
+            let base = dir.join(name);
+            let path = record_path(&base);
+            if !path.is_file() {
                 return Err(TrainError::Checkpoint {
-                    path: dir.join(name),
-                    message: format!(
-                        "optimizer state for parameter {unknown} which is not a trainable \
-                         parameter of this group of the model (checkpoint from another run?)"
-                    ),
+                    path,
+                    message: "missing: the checkpoint has no optimizer state".into(),
                 });
             }
+            // Not Burn's recorder: its decoder panics or aborts on a damaged file.
+            let record: AdaptorRecord<M, B> = load_record::<B, _>(&base, device)?;
+            for (id, state) in &record {
+                // State keyed by parameters the model does not have would be silently ignored
+                // and the moments restarted; refuse instead.
+                if !ids.contains(id) {
+                    return Err(damaged(
+                        &path,
+                        format!(
+                            "optimizer state for parameter {id} which is not a trainable \
+                             parameter of this group of the model (checkpoint from another run?)"
+                        ),
+                    ));
+                }
+                let shape = self.shapes.get(id).map(Vec::as_slice);
+                check_state::<B>(state, shape)
+                    .map_err(|message| damaged(&path, format!("parameter {id}: {message}")))?;
+            }
+            records.push(record);
         }
+        let no_decay = records.pop().unwrap_or_default();
+        let decay = records.pop().unwrap_or_default();
         self.decay = self.decay.load_record(decay);
         self.no_decay = self.no_decay.load_record(no_decay);
         Ok(self)
     }
+}
+
+/// Checks one parameter's AdamW state against its shape (`None`: unknown, only the state's
+/// own consistency is checked). Burn would take a mis-shaped moment or a state of another rank
+/// as it is and panic at the next step.
+fn check_state<B: AutodiffBackend>(
+    state: &StateRecord<AdamW, B>,
+    shape: Option<&[usize]>,
+) -> std::result::Result<(), String> {
+    fn dims<BK: Backend, const D: usize>(state: &AdamWState<BK, D>) -> (usize, Vec<Vec<usize>>) {
+        let m = &state.momentum;
+        let mut tensors = vec![m.moment_1.dims().to_vec(), m.moment_2.dims().to_vec()];
+        if let Some(max) = &m.max_moment_2 {
+            tensors.push(max.dims().to_vec());
+        }
+        (m.time, tensors)
+    }
+    let StateRecord::V1(v1) = state;
+    let (time, tensors) = match v1 {
+        AdaptorRecordV1::Rank0(s) => dims(s),
+        AdaptorRecordV1::Rank1(s) => dims(s),
+        AdaptorRecordV1::Rank2(s) => dims(s),
+        AdaptorRecordV1::Rank3(s) => dims(s),
+        AdaptorRecordV1::Rank4(s) => dims(s),
+        AdaptorRecordV1::Rank5(s) => dims(s),
+        AdaptorRecordV1::Rank6(s) => dims(s),
+        AdaptorRecordV1::Rank7(s) => dims(s),
+        AdaptorRecordV1::Rank8(s) => dims(s),
+    };
+    if time > MAX_OPTIMIZER_TIME {
+        return Err(format!(
+            "step count {time} is not a count of optimizer steps"
+        ));
+    }
+    for found in &tensors {
+        let expected = shape.unwrap_or(&tensors[0]);
+        if found.as_slice() != expected {
+            return Err(format!(
+                "moment of shape {found:?} for a parameter of shape {expected:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use crate::device::{BackendTask, DeviceArg};
 /// Arguments of `kdlora eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run folder (written by `kdlora train`).
+    /// Run folder (written by `kdlora train`): task, data folder, max_len and the dev rows used
+    /// (max_eval_examples) come from its config.toml.
     #[arg(long)]
     pub run: PathBuf,
     /// GLUE data folder (default: the run's).

@@ -4,15 +4,21 @@
 //! `{"input_ids": [...], "attention_mask": [...], "token_type_ids": [...]}` with the last two
 //! optional (all ones / all zeros), or one text (pair) tokenised with the model folder's
 //! `tokenizer.json`. Scripts outside the project depend on this format: keep it stable.
+//!
+//! `--input` also takes a file of texts (see [`super::texts`]); their lines add the predicted
+//! `label` and the `probabilities` per label name (or an STS-B `score`) beside `logits`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use burn::tensor::{Int, Tensor, TensorData};
 use kdlora_encoders::{LoadOptions, SequenceClassifier};
 use kdlora_lora::LoraOps;
+use kdlora_train::RunConfig;
 
+use super::runs::{self, Labels};
+use super::texts::{self, InputKind};
 use crate::device::{BackendTask, DeviceArg};
 
 /// Arguments of `kdlora logits`.
@@ -23,7 +29,14 @@ pub struct Args {
     /// (`org/name[@revision]`, from the HF cache or downloaded).
     #[arg(long, visible_alias = "run")]
     pub model: PathBuf,
-    /// JSON-lines file of token ids (`-` reads stdin).
+    /// Input file, one output line per row (`-` reads stdin). Either JSON lines of token ids,
+    /// `{"input_ids": [...], "attention_mask": [...], "token_type_ids": [...]}` (the last two
+    /// optional), or a file of texts: a `.tsv` file with a header row, or JSON lines of objects,
+    /// naming the task's text columns (`sentence`; `sentence1` and `sentence2`; `question` and
+    /// `sentence`; `premise` and `hypothesis`; ...; other columns are ignored). A `.tsv` file
+    /// holds texts; JSON lines hold token ids when the first row has `input_ids`. Texts are
+    /// tokenised with the model's tokenizer.json, and their lines also carry the predicted
+    /// `label` and the `probabilities` per label name (an STS-B run: `score`).
     #[arg(long, required_unless_present = "text", conflicts_with = "text")]
     pub input: Option<PathBuf>,
     /// A text to tokenise with the model's tokenizer.json.
@@ -40,8 +53,10 @@ pub struct Args {
     /// Sequences per forward pass (padding is masked, so it does not change the logits).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied to the
-    /// model before computing logits.
+    /// PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors), or a LoRA run
+    /// folder, applied to the model before computing logits. When the adapter belongs to a run
+    /// (its parent holds config.toml), texts are truncated to the run's max_len and labelled
+    /// with its task's label names.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
@@ -57,11 +72,11 @@ struct Sequence {
 }
 
 /// A sequence with defaults filled in; `origin` says where it came from, for error messages.
-struct Prepared {
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    types: Vec<i64>,
-    origin: String,
+pub(crate) struct Prepared {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub types: Vec<i64>,
+    pub origin: String,
 }
 
 /// Runs the verb.
@@ -80,16 +95,39 @@ impl BackendTask for Logits {
 
     fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self.args;
-        let model = load_model::<B>(&args, &device)?;
+        let adapter = args.adapter.as_deref().map(runs::adapter_dir);
+        let (model, run) = load_model::<B>(&args, adapter.as_deref(), &device)?;
+        let task = run.as_ref().map(RunConfig::glue_task).transpose()?;
+        let run_max_len = run.as_ref().map(|cfg| cfg.max_len);
+        // Labels only for texts: token-id lines keep their `{"logits": [...]}` format.
+        let mut labels = None;
         let inputs = match (&args.input, &args.text) {
-            (Some(path), _) => read_jsonl(path)?,
-            (None, Some(text)) => vec![tokenize(
-                &args.model,
-                model.config(),
-                text,
-                args.text_pair.as_deref(),
-                run_max_len(&args.model)?,
-            )?],
+            (Some(path), _) => {
+                let bytes = read_input(path)?;
+                match texts::input_kind(path, &bytes) {
+                    InputKind::TokenIds => read_jsonl(path, &bytes)?,
+                    InputKind::Texts => {
+                        let rows = texts::read_texts(path, &bytes, task)?;
+                        // Without a run, at most the positions the model has (as `predict`
+                        // truncates a plain model folder's inputs).
+                        let max_len = run_max_len.unwrap_or_else(|| {
+                            kdlora_glue::DEFAULT_MAX_LEN.min(model.max_sequence_length())
+                        });
+                        let tokenizer =
+                            TextTokenizer::new(&args.model, model.config(), Some(max_len))?;
+                        labels = Some(Labels::of(task, &model));
+                        rows.iter()
+                            .map(|row| {
+                                tokenizer.encode(&row.text, row.pair.as_deref(), row.origin.clone())
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?
+                    }
+                }
+            }
+            (None, Some(text)) => {
+                let tokenizer = TextTokenizer::new(&args.model, model.config(), run_max_len)?;
+                vec![tokenizer.encode(text, args.text_pair.as_deref(), "--text".into())?]
+            }
             (None, None) => bail!("give --input FILE or --text TEXT"),
         };
         for input in &inputs {
@@ -102,7 +140,12 @@ impl BackendTask for Logits {
         for batch in inputs.chunks(args.batch_size as usize) {
             for (logits, input) in forward_batch(&model, batch, &device)?.iter().zip(batch) {
                 check_finite(logits, &input.origin)?;
-                serde_json::to_writer(&mut out, &serde_json::json!({ "logits": logits }))?;
+                let mut line = serde_json::Map::new();
+                line.insert("logits".into(), serde_json::json!(logits));
+                if let Some(labels) = &labels {
+                    line.extend(texts::prediction(logits, labels));
+                }
+                serde_json::to_writer(&mut out, &line)?;
                 out.write_all(b"\n")?;
             }
         }
@@ -111,28 +154,31 @@ impl BackendTask for Logits {
     }
 }
 
-/// Loads the classifier the logits come from.
+/// Loads the classifier the logits come from, with the configuration of its run (a run folder,
+/// or the run an adapter belongs to) when there is one.
 fn load_model<B: LoraOps>(
     args: &Args,
+    adapter: Option<&Path>,
     device: &B::Device,
-) -> anyhow::Result<SequenceClassifier<B>> {
-    if args.adapter.is_none() && kdlora_train::is_run_dir(&args.model) {
+) -> anyhow::Result<(SequenceClassifier<B>, Option<RunConfig>)> {
+    if let Some(dir) = adapter {
+        let run = runs::adapter_run_config(dir)?;
+        let model = runs::load_with_adapter::<B>(&args.model, dir, None, device)?;
+        return Ok((model, run));
+    }
+    if kdlora_train::is_run_dir(&args.model) {
         let loaded = kdlora_train::load_model::<B>(&args.model, None, device)
             .with_context(|| format!("loading the run {}", args.model.display()))?;
-        return Ok(loaded.model);
+        return Ok((loaded.model, loaded.config));
     }
     let (model, _report) =
         SequenceClassifier::<B>::load(&args.model, &LoadOptions::default(), device)
             .with_context(|| format!("loading the model from {}", args.model.display()))?;
-    match &args.adapter {
-        None => Ok(model),
-        Some(dir) => kdlora_train::apply_adapter(model, &args.model, dir, device)
-            .with_context(|| format!("applying the adapter {}", dir.display())),
-    }
+    Ok((model, None))
 }
 
 /// Pads a batch with the model's pad token (masked out) and returns each row's logits.
-fn forward_batch<B: LoraOps>(
+pub(crate) fn forward_batch<B: LoraOps>(
     model: &SequenceClassifier<B>,
     batch: &[Prepared],
     device: &B::Device,
@@ -163,7 +209,7 @@ fn forward_batch<B: LoraOps>(
 
 /// Refuses NaN and infinite logits: JSON has no spelling for them (serde_json writes `null`), and
 /// a consumer reading `null` as a number is silently wrong.
-fn check_finite(logits: &[f32], origin: &str) -> anyhow::Result<()> {
+pub(crate) fn check_finite(logits: &[f32], origin: &str) -> anyhow::Result<()> {
     if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
         bail!(
             "{origin}: the model produced a non-finite logit ({v}); its weights or config.json are broken"
@@ -172,15 +218,21 @@ fn check_finite(logits: &[f32], origin: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bytes of the input file (`-`: stdin).
+pub(crate) fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("opening the input file {}", path.display()))
+}
+
 /// Reads the JSON-lines inputs; blank lines are skipped.
-fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Prepared>> {
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(BufReader::new(std::io::stdin()))
-    } else {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("opening the input file {}", path.display()))?;
-        Box::new(BufReader::new(file))
-    };
+fn read_jsonl(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<Prepared>> {
+    let reader = BufReader::new(bytes);
     let mut inputs = Vec::new();
     for (index, line) in reader.lines().enumerate() {
         let origin = format!("{}:{}", path.display(), index + 1);
@@ -208,60 +260,60 @@ fn prepare(sequence: Sequence, origin: String) -> Prepared {
     }
 }
 
-/// The `max_len` a run folder was trained with (what its own evaluation truncates to); `None` for a
-/// plain model folder, whose tokenizer.json settings apply unchanged.
-fn run_max_len(path: &Path) -> anyhow::Result<Option<usize>> {
-    if !kdlora_train::is_run_dir(path) {
-        return Ok(None);
-    }
-    let config = kdlora_train::RunDir::new(path).config();
-    let cfg = kdlora_train::RunConfig::from_toml_file(&config)
-        .with_context(|| format!("reading {}", config.display()))?;
-    Ok(Some(cfg.max_len))
+/// The model folder's `tokenizer.json`, truncating longest-first to `max_len` when given (as a
+/// run's own evaluation does).
+struct TextTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    path: PathBuf,
 }
 
-/// Tokenises a text (pair) with `model_dir/tokenizer.json`, special tokens included, truncated
-/// longest-first to `max_len` when given (as the run's own evaluation does).
-fn tokenize(
-    model_dir: &Path,
-    config: &kdlora_encoders::ModelConfig,
-    text: &str,
-    pair: Option<&str>,
-    max_len: Option<usize>,
-) -> anyhow::Result<Prepared> {
-    let tokenizer_dir = kdlora_train::tokenizer_dir(model_dir);
-    let path = tokenizer_dir.join("tokenizer.json");
-    if !path.is_file() {
-        bail!(
-            "{}: not found; --text needs the model's tokenizer.json (or pass token ids with --input)",
-            path.display()
-        );
+impl TextTokenizer {
+    fn new(
+        model_dir: &Path,
+        config: &kdlora_encoders::ModelConfig,
+        max_len: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let tokenizer_dir = kdlora_train::tokenizer_dir(model_dir);
+        let path = tokenizer_dir.join("tokenizer.json");
+        if !path.is_file() {
+            bail!(
+                "{}: not found; texts need the model's tokenizer.json (or pass token ids with --input)",
+                path.display()
+            );
+        }
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        kdlora_train::check_tokenizer_fits(config, &tokenizer_dir, &tokenizer, &path, max_len)?;
+        if let Some(max_len) = max_len {
+            tokenizer
+                .with_truncation(Some(tokenizers::TruncationParams {
+                    direction: tokenizers::TruncationDirection::Right,
+                    max_length: max_len,
+                    strategy: tokenizers::TruncationStrategy::LongestFirst,
+                    stride: 0,
+                }))
+                .map_err(|err| anyhow::anyhow!("{}: truncation: {err}", path.display()))?;
+        }
+        Ok(Self { tokenizer, path })
     }
-    let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
-        .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-    kdlora_train::check_tokenizer_fits(config, &tokenizer_dir, &tokenizer, &path, max_len)?;
-    if let Some(max_len) = max_len {
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                direction: tokenizers::TruncationDirection::Right,
-                max_length: max_len,
-                strategy: tokenizers::TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|err| anyhow::anyhow!("{}: truncation: {err}", path.display()))?;
+
+    /// Tokenises a text (pair), special tokens included.
+    fn encode(&self, text: &str, pair: Option<&str>, origin: String) -> anyhow::Result<Prepared> {
+        let encoding = match pair {
+            Some(pair) => self.tokenizer.encode((text, pair), true),
+            None => self.tokenizer.encode(text, true),
+        }
+        .map_err(|err| {
+            anyhow::anyhow!("{origin}: tokenising with {}: {err}", self.path.display())
+        })?;
+        let widen = |values: &[u32]| values.iter().map(|v| i64::from(*v)).collect::<Vec<_>>();
+        Ok(Prepared {
+            ids: widen(encoding.get_ids()),
+            mask: widen(encoding.get_attention_mask()),
+            types: widen(encoding.get_type_ids()),
+            origin,
+        })
     }
-    let encoding = match pair {
-        Some(pair) => tokenizer.encode((text, pair), true),
-        None => tokenizer.encode(text, true),
-    }
-    .map_err(|err| anyhow::anyhow!("tokenising with {}: {err}", path.display()))?;
-    let widen = |values: &[u32]| values.iter().map(|v| i64::from(*v)).collect::<Vec<_>>();
-    Ok(Prepared {
-        ids: widen(encoding.get_ids()),
-        mask: widen(encoding.get_attention_mask()),
-        types: widen(encoding.get_type_ids()),
-        origin: "--text".into(),
-    })
 }
 
 #[cfg(test)]

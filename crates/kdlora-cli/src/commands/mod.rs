@@ -5,7 +5,9 @@ pub mod eval;
 pub mod logits;
 pub mod merge;
 pub mod predict;
+mod runs;
 pub mod score;
+mod texts;
 pub mod train;
 
 /// What an output path must be: a file to write, or a folder to create (or reuse).

@@ -42,6 +42,21 @@ pub struct Args {
     /// Continue the run in `--out` from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Print the resolved configuration as TOML (defaults, then the --config file, KDLORA_*
+    /// environment variables, --set and the flags above, each over the one before) and exit
+    /// without training.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The text after `kdlora train --help`: every configuration key with its default and meaning.
+pub fn keys_help() -> String {
+    format!(
+        "Configuration keys: in the --config file (TOML; lora.* under [lora], kd.* under [kd]), as \
+         --set key=value, or as KDLORA_<KEY> environment variables (`__` for a dot: \
+         KDLORA_LORA__R=16). --print-config shows the result.\n\n{}",
+        kdlora_train::config_keys_table()
+    )
 }
 
 /// A TOML basic string (JSON string escapes are valid TOML escapes).
@@ -90,6 +105,10 @@ pub fn build_config(args: &Args) -> anyhow::Result<RunConfig> {
 /// Runs the verb.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = build_config(&args)?;
+    if args.print_config {
+        print!("{}", cfg.to_toml_resolved()?);
+        return Ok(());
+    }
     super::check_output("configuration key `out`:", &cfg.out, super::Output::Folder)?;
     let device: DeviceArg = clap::ValueEnum::from_str(&cfg.device, true).map_err(|_| {
         // clap's own message is only "invalid variant: NAME".

@@ -784,7 +784,17 @@ fn run_and_data(dir: &Path) -> PathBuf {
 /// checkpoint per step: `checkpoints/step-00000002/`), then damaged by `edit` (given the
 /// checkpoint folder). Returns the arguments that resume it.
 fn interrupted_with(dir: &Path, edit: impl FnOnce(&Path)) -> Vec<String> {
-    let sets = ["epochs=2", "stop_after_epochs=1", "checkpoint_steps=1"];
+    interrupted_as(dir, &[], edit)
+}
+
+/// [`interrupted_with`] for a full fine-tuning run, whose checkpoint holds Burn's `model.bin`.
+fn interrupted_fft_with(dir: &Path, edit: impl FnOnce(&Path)) -> Vec<String> {
+    interrupted_as(dir, &["method=fft"], edit)
+}
+
+fn interrupted_as(dir: &Path, more: &[&str], edit: impl FnOnce(&Path)) -> Vec<String> {
+    let mut sets = vec!["epochs=2", "stop_after_epochs=1", "checkpoint_steps=1"];
+    sets.extend_from_slice(more);
     let status = Command::new(env!("CARGO_BIN_EXE_kdlora"))
         .args(train_config(dir, "", &sets))
         .env("RUST_LOG", "error")
@@ -809,6 +819,15 @@ fn checkpoint_file(c: &Path, optim: bool) -> PathBuf {
         .find(|n| n.starts_with("optim") == optim && !n.ends_with(".json"))
         .unwrap_or_else(|| panic!("no such file in {}", c.display()));
     c.join(name)
+}
+
+/// Makes the first length field of a Burn record (bincode) claim u64::MAX bytes: Burn's own
+/// decoder allocates that before reading.
+fn huge_length(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[0] = 0xfd;
+    bytes[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Keeps the first `n` bytes of a file.
@@ -1233,8 +1252,76 @@ fn cases() -> Vec<Case> {
                     c.as_object_mut().unwrap().remove("hidden_size");
                 }))
             },
-            // transformers' default (768) applies, and the weights say otherwise.
-            &["model.safetensors", "expected [100, 768]"],
+            // transformers' default (768) would apply, and the weights say otherwise.
+            &["config.json", "`hidden_size`", "missing", "[100, 768]"],
+        ),
+        case(
+            "config.json without vocab_size",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove("vocab_size");
+                }))
+            },
+            &["config.json", "`vocab_size`", "missing"],
+        ),
+        case(
+            "config.json without num_hidden_layers",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove("num_hidden_layers");
+                }))
+            },
+            &["config.json", "`num_hidden_layers`", "missing"],
+        ),
+        case(
+            "config.json without num_attention_heads",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove("num_attention_heads");
+                }))
+            },
+            &["config.json", "`num_attention_heads`", "missing"],
+        ),
+        case(
+            "config.json without intermediate_size",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove("intermediate_size");
+                }))
+            },
+            &["config.json", "`intermediate_size`", "missing"],
+        ),
+        case(
+            "config.json without max_position_embeddings",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove("max_position_embeddings");
+                }))
+            },
+            &["config.json", "`max_position_embeddings`", "missing"],
+        ),
+        case(
+            "config.json with a vocab_size of 1e12",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c["vocab_size"] = 1_000_000_000_000u64.into()
+                }))
+            },
+            &["config.json", "`vocab_size`", "[1000000000000, 24]"],
+        ),
+        case(
+            "config.json with a huge hidden_size",
+            |d| logits_text(&config_with(d, |c| c["hidden_size"] = (3u64 << 40).into())),
+            &["config.json", "`hidden_size`"],
+        ),
+        case(
+            "config.json with a billion layers",
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c["num_hidden_layers"] = 1_000_000_000.into()
+                }))
+            },
+            &["config.json", "`num_hidden_layers`", "layer.2"],
         ),
         case(
             "config.json without model_type",
@@ -2073,7 +2160,22 @@ fn cases() -> Vec<Case> {
         case(
             "--resume from a checkpoint whose optimizer state is truncated",
             |d| interrupted_with(d, |c| truncate(&checkpoint_file(c, true), 100)),
-            &["step-00000002/optim"],
+            &["step-00000002/optim", "is damaged"],
+        ),
+        case(
+            "--resume from a checkpoint whose optimizer state has a huge length field",
+            |d| interrupted_with(d, |c| huge_length(&checkpoint_file(c, true))),
+            &["step-00000002/optim", "is damaged"],
+        ),
+        case(
+            "--resume from a full fine-tuning checkpoint whose model.bin is truncated",
+            |d| interrupted_fft_with(d, |c| truncate(&c.join("model.bin"), 100)),
+            &["step-00000002/model.bin", "is damaged"],
+        ),
+        case(
+            "--resume from a full fine-tuning checkpoint whose model.bin has a huge length field",
+            |d| interrupted_fft_with(d, |c| huge_length(&c.join("model.bin"))),
+            &["step-00000002/model.bin", "is damaged"],
         ),
         case(
             "--resume from a checkpoint without its optimizer state",

@@ -8,4 +8,5 @@ mod deberta_logits;
 mod kill_resume;
 mod logits;
 mod lora_cli;
+mod run_verbs;
 mod train_logs;

@@ -82,10 +82,17 @@ fn json(path: &Path) -> serde_json::Value {
 /// A copy of the tiny BERT without its classifier tensors (a base model as downloaded: the
 /// head comes from training, and from the adapter when the run is loaded).
 fn headless_model(dir: &Path) -> PathBuf {
-    let src = tiny_model();
+    headless_copy(&tiny_model(), dir)
+}
+
+/// [`headless_model`] of the model folder `src` (its config.json and tokenizer.json when present;
+/// tensors keep their dtype).
+pub(crate) fn headless_copy(src: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     for name in ["config.json", "tokenizer.json"] {
-        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+        if src.join(name).is_file() {
+            std::fs::copy(src.join(name), dir.join(name)).unwrap();
+        }
     }
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -144,6 +144,97 @@ fn mis_shaped_tensor_names_both_shapes() {
     assert!(err.to_string().contains("[24, 20]"), "{err}");
 }
 
+/// Rewrites `dir/config.json` through `edit`.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(config.as_object_mut().unwrap());
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// Asserts a config.json error on `key` whose message has `needle`.
+fn config_error(err: EncoderError, key: &str, needle: &str) {
+    let message = err.to_string();
+    assert!(
+        matches!(&err, EncoderError::InvalidConfig { path, field, .. }
+            if field == key && path.ends_with("config.json")),
+        "{key}: {message}"
+    );
+    assert!(
+        message.contains(needle),
+        "{key}: {needle:?} not in {message}"
+    );
+}
+
+/// Sizes far beyond the weights are refused before the model is built at them: each of these
+/// once aborted the process (an allocation of terabytes) or built a billion layers first.
+#[test]
+fn absurd_sizes_are_refused_before_building() {
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        (
+            "vocab_size",
+            1_000_000_000_000u64.into(),
+            "[1000000000000, 24]",
+        ),
+        ("hidden_size", (3u64 << 40).into(), "word_embeddings"),
+        ("num_hidden_layers", 1_000_000_000u64.into(), "layer.2"),
+        ("intermediate_size", (1u64 << 40).into(), "intermediate"),
+        (
+            "max_position_embeddings",
+            (1u64 << 40).into(),
+            "position_embeddings",
+        ),
+    ];
+    for (key, value, needle) in cases {
+        let dir = copy_fixture("bert_cls3");
+        edit_config(dir.path(), |c| {
+            c.insert(key.to_string(), value);
+        });
+        config_error(load(dir.path()).unwrap_err(), key, needle);
+    }
+}
+
+/// A size key config.json lacks takes transformers' default, which the weights must then have.
+#[test]
+fn missing_sizes_are_named_when_the_weights_disagree() {
+    for key in [
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ] {
+        let dir = copy_fixture("bert_cls3");
+        edit_config(dir.path(), |c| {
+            c.remove(key);
+        });
+        config_error(load(dir.path()).unwrap_err(), key, "missing");
+    }
+    // DistilBERT spells them its own way.
+    let dir = copy_fixture("distilbert_reg");
+    edit_config(dir.path(), |c| {
+        c.remove("dim");
+    });
+    config_error(load(dir.path()).unwrap_err(), "dim", "missing");
+}
+
+/// Without weights (a model built from its configuration), the sizes have a sane ceiling.
+#[test]
+fn fresh_models_have_a_size_ceiling() {
+    let text = std::fs::read_to_string(fixture("bert_cls3").join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["vocab_size"] = 1_000_000_000_000u64.into();
+    let config =
+        kdlora_encoders::ModelConfig::from_json_str(&config.to_string(), Path::new("config.json"))
+            .unwrap();
+    let err =
+        SequenceClassifier::<B>::from_config(config, &LoadOptions::default(), &Default::default())
+            .unwrap_err();
+    config_error(err, "vocab_size", "values");
+}
+
 #[test]
 fn unknown_model_type() {
     let dir = copy_fixture("bert_cls3");

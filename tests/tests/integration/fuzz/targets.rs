@@ -23,7 +23,8 @@ use kdlora_glue::{
 use kdlora_lora::peft::{PeftAdapterConfig, adapter_modules};
 use kdlora_lora::{LoraOps, load_adapter, merge_and_unload};
 use kdlora_train::{
-    ConfigSources, EpochRecord, GroupedAdamW, RunConfig, RunDir, param_groups, read_jsonl,
+    CONFIG_KEYS, ConfigSources, EpochRecord, GroupedAdamW, RunConfig, RunDir,
+    load_checkpoint_model, param_groups, read_jsonl,
 };
 
 use super::engine::{Kind, Part, Spec, Target, write_parts};
@@ -442,51 +443,18 @@ impl Target for RunConfigTarget {
             .enumerate()
             .map(|(i, f)| vec![read(f), overrides[i % overrides.len()].as_bytes().to_vec()])
             .collect();
-        let mut dictionary = tokens(&[
-            "method",
-            "task",
-            "model",
-            "data",
-            "out",
-            "teacher",
-            "allow_model_teacher",
-            "divergence_factor",
-            "device",
-            "epochs",
-            "batch_size",
-            "grad_accumulation",
-            "lr",
-            "weight_decay",
-            "warmup_ratio",
-            "grad_clip",
-            "max_len",
-            "seed",
-            "max_train_examples",
-            "max_eval_examples",
-            "eval_batch_size",
-            "checkpoint_steps",
-            "inference_passes",
-            "stop_after_epochs",
-            "engine",
-            "lora",
-            "kd",
-            "lora.r",
-            "lora.alpha",
-            "lora.dropout",
-            "lora.use_rslora",
-            "lora.init",
-            "lora.target_modules",
-            "lora.modules_to_save",
-            "lora.train_head",
-            "lora.seed",
-            "kd.temperature",
-            "kd.alpha",
-            "r",
-            "alpha",
-            "temperature",
-            "target_modules",
-            "modules_to_save",
-        ]);
+        // The keys as `RunConfig` lists them, dotted (`lora.r`) and by their last part (`r`, as
+        // written under a `[lora]` table).
+        let mut keys: Vec<&str> = CONFIG_KEYS.iter().map(|k| k.key).collect();
+        keys.extend(
+            CONFIG_KEYS
+                .iter()
+                .filter_map(|k| k.key.split_once('.'))
+                .flat_map(|(table, key)| [table, key]),
+        );
+        keys.sort_unstable();
+        keys.dedup();
+        let mut dictionary = tokens(&keys);
         dictionary.extend(tokens(&[
             "=", " = ", "\n", "[", "]", "\"", "${", "}", "#", "'", ".",
         ]));
@@ -646,20 +614,20 @@ impl Target for ModelConfigTarget {
         let _ = (config.max_sequence_length(), config.head_dim());
         let _ = config.max_sequence_length_reason();
         let deberta = if config.model_type == "deberta-v2" {
-            DebertaV2Settings::from_config(&config, path)
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.to_string())
+            Some(DebertaV2Settings::from_config(&config, path).is_ok())
         } else {
-            String::new()
+            None
         };
         // Accepted: the config.json `save_pretrained` writes reads back.
         let saved = config.to_json().to_string();
         ModelConfig::from_json_str(&saved, path).unwrap_or_else(|e| {
             panic!("an accepted config.json does not reload after saving: {e}\n{saved}")
         });
+        let known = kdlora_encoders::SUPPORTED_MODEL_TYPES.contains(&config.model_type.as_str());
         Ok(format!(
-            "{} {:?} {}",
-            config.model_type, config.problem_type, deberta
+            "known:{known} {:?} labels:{} deberta:{deberta:?}",
+            config.problem_type,
+            config.num_labels.min(4)
         ))
     }
 }
@@ -1000,10 +968,10 @@ impl Target for PeftAdapter {
         )
         .map_err(|e| e.to_string())?;
         let config = PeftAdapterConfig::read(&dir).is_ok();
-        let modules = adapter_modules(&dir).map(|m| m.len().min(3));
+        let modules = adapter_modules(&dir).ok().map(|m| m.len().min(3));
         let base = self.bases[selector(input, self.bases.len())].clone();
         let (mut model, cfg) = load_adapter(base, &dir, &Default::default())
-            .map_err(|e| format!("{e} / config:{config} modules:{:?}", modules.is_ok()))?;
+            .map_err(|e| format!("{e} / config:{config} modules:{}", modules.is_some()))?;
         // Accepted: the adapters fit their layers, unmerged and merged into the weights.
         let unmerged = forward_tiny(&model);
         merge_and_unload(&mut model);
@@ -1190,9 +1158,9 @@ fn checkpoint_files() -> Vec<(Part, bool)> {
 }
 
 /// What `kdlora train --resume` reads from a run folder, in the order the loop engine reads it:
-/// `RunDir::latest_checkpoint` (`state.json`), the model record (Burn's `BinFileRecorder`, as
-/// `load_checkpoint_model` loads it), `metrics.jsonl`, and `GroupedAdamW::load` (the optimizer
-/// records) onto the fixture BERT.
+/// `RunDir::latest_checkpoint` (`state.json`), the model record (`load_checkpoint_model`: Burn's
+/// `BinFileRecorder` format, decoded by kdlora), `metrics.jsonl`, and `GroupedAdamW::load` (the
+/// optimizer records) onto the fixture BERT.
 ///
 /// Two targets: `checkpoint` mutates kdlora's own files (`state.json`, `metrics.jsonl`) with
 /// valid records, `checkpoint_records` mutates Burn's record files (bincode, decoded by Burn)
@@ -1346,14 +1314,7 @@ impl Target for Checkpoint {
             .map_err(|e| e.to_string())?
             .ok_or("no checkpoint")?;
         let device = Default::default();
-        let model = self
-            .model
-            .clone()
-            .load_file(
-                dir.join("model"),
-                &BinFileRecorder::<FullPrecisionSettings>::new(),
-                &device,
-            )
+        let model = load_checkpoint_model(&dir, self.model.clone(), &device)
             .map_err(|e| format!("model record: {e}"))?;
         let records: Vec<EpochRecord> =
             read_jsonl(&run.metrics_jsonl()).map_err(|e| e.to_string())?;
