@@ -75,7 +75,8 @@ What is the same as kdlora (source of each rule in brackets):
 - Gradient accumulation [runner.rs `group_gradients`]: each micro-batch's loss / group size is
   back-propagated, one optimizer step per group.
 - Epochs: the training rows are shuffled once per epoch and cut into `batch_size` chunks in
-  that order (the last one shorter); dev is evaluated after every epoch with `eval_batch_size`
+  that order (the last one shorter); with `group_by_length`, each window of 50 batches of that
+  order is first sorted by token count, longest first [runner.rs `epoch_batches`]; dev is evaluated after every epoch with `eval_batch_size`
   batches in file order, predictions = argmax (first maximum on ties) or the single output for
   STS-B. `train_loss` is the mean of the epoch's micro-batch losses; `step` the optimizer steps
   done by the end of the epoch; `last` is the last epoch, `best` the highest score (on ties the
@@ -194,8 +195,11 @@ TOP_DEFAULTS = {
     "weight_decay": 0.01, "warmup_ratio": 0.0, "grad_clip": 1.0, "max_len": 128, "seed": 42,
     "max_train_examples": None, "max_eval_examples": None, "eval_batch_size": 64,
     "checkpoint_steps": 0, "inference_passes": 3, "stop_after_epochs": None, "engine": "loop",
-    "lora": None, "kd": None,
+    "group_by_length": False, "lora": None, "kd": None,
 }
+# Batches per window of `group_by_length` (runner.rs LENGTH_WINDOW_BATCHES, as the Hugging Face
+# Trainer's LengthGroupedSampler).
+LENGTH_WINDOW_BATCHES = 50
 REQUIRED = ("method", "task", "model", "data", "out")
 LORA_DEFAULTS = {
     "r": 8, "alpha": 16.0, "dropout": 0.05, "use_rslora": False, "init": "kaiming_uniform",
@@ -291,6 +295,7 @@ def load_config(path):
     cfg["model"] = expand_vars("model", cfg["model"])
     cfg["data"] = expand_vars("data", cfg["data"])
     _str("device", cfg["device"])
+    cfg["group_by_length"] = _bool("group_by_length", cfg["group_by_length"])
     engine = _str("engine", cfg["engine"])
     if engine not in ("loop", "learner"):
         raise ConfigError(f"`engine`: unknown engine `{engine}` (expected \"loop\" or \"learner\")")
@@ -1022,6 +1027,12 @@ def run(args):
         gen = torch.Generator()
         gen.manual_seed(mix_seed(cfg["seed"], 1, epoch))
         order = torch.randperm(n, generator=gen).tolist()
+        if cfg["group_by_length"]:
+            # runner.rs `epoch_batches`: each window of the shuffled order sorted by token
+            # count, longest first, stable on ties.
+            window = cfg["batch_size"] * LENGTH_WINDOW_BATCHES
+            order = [p for i in range(0, n, window)
+                     for p in sorted(order[i:i + window], key=lambda p: -len(train_enc[p][0]))]
         batches = [order[i:i + cfg["batch_size"]] for i in range(0, n, cfg["batch_size"])]
         groups = [batches[i:i + cfg["grad_accumulation"]]
                   for i in range(0, len(batches), cfg["grad_accumulation"])]

@@ -33,6 +33,8 @@ enum Command {
     Logits(commands::logits::Args),
     /// Fold a PEFT LoRA adapter into its base model and write a plain Hugging Face checkpoint.
     Merge(commands::merge::Args),
+    /// Make a smaller student from chosen teacher layers (as DistilBERT was made from BERT).
+    Student(commands::student::Args),
     /// Train a run (fft, lora, kd-lora, kd) from a TOML config into a run folder.
     #[command(
         after_help = "`kdlora train --help` lists every configuration key with its default.",
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Data(args) => commands::data::run(args),
         Command::Logits(args) => commands::logits::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Student(args) => commands::student::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Predict(args) => commands::predict::run(args),

@@ -37,6 +37,23 @@ struct Fixed {
     note: Option<String>,
 }
 
+impl Fixed {
+    fn new(key: &'static str, value: usize, tensor: String, dim: usize) -> Self {
+        Self {
+            key,
+            value,
+            tensor,
+            dim,
+            note: None,
+        }
+    }
+
+    fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
+    }
+}
+
 /// Checks the sizes of `config` against `weights` (`None`: a model built from its configuration
 /// alone), before any tensor is allocated. `prefix` is the base model's (`bert`, ...); `path` is
 /// `config.json`, named in the errors.
@@ -111,29 +128,29 @@ pub(crate) fn check_sizes(
             ));
         }
 
-        let mut fixed = vec![Fixed {
-            key: "vocab_size",
-            value: config.vocab_size,
-            tensor: format!("{prefix}.embeddings.word_embeddings.weight"),
-            dim: 0,
-            note: None,
-        }];
+        let mut fixed = vec![Fixed::new(
+            "vocab_size",
+            config.vocab_size,
+            format!("{prefix}.embeddings.word_embeddings.weight"),
+            0,
+        )];
         if deberta {
-            fixed.push(Fixed {
-                key: "embedding_size",
-                value: embedding_width,
-                tensor: format!("{prefix}.embeddings.word_embeddings.weight"),
-                dim: 1,
-                note: missing("embedding_size").then(|| "hidden_size when absent".into()),
-            });
+            fixed.push(
+                Fixed::new(
+                    "embedding_size",
+                    embedding_width,
+                    format!("{prefix}.embeddings.word_embeddings.weight"),
+                    1,
+                )
+                .with_note(missing("embedding_size").then(|| "hidden_size when absent".into())),
+            );
         } else {
-            fixed.push(Fixed {
-                key: key("hidden_size", "dim"),
-                value: h,
-                tensor: format!("{prefix}.embeddings.word_embeddings.weight"),
-                dim: 1,
-                note: None,
-            });
+            fixed.push(Fixed::new(
+                key("hidden_size", "dim"),
+                h,
+                format!("{prefix}.embeddings.word_embeddings.weight"),
+                1,
+            ));
         }
         if layers > 0 {
             let (output, inner) = if distil {
@@ -141,38 +158,34 @@ pub(crate) fn check_sizes(
             } else {
                 ("attention.output.dense", "intermediate.dense")
             };
-            fixed.push(Fixed {
-                key: key("hidden_size", "dim"),
-                value: h,
-                tensor: format!("{root}.0.{output}.weight"),
-                dim: 0,
-                note: None,
-            });
-            fixed.push(Fixed {
-                key: key("intermediate_size", "hidden_dim"),
-                value: config.intermediate_size,
-                tensor: format!("{root}.0.{inner}.weight"),
-                dim: 0,
-                note: None,
-            });
+            fixed.push(Fixed::new(
+                key("hidden_size", "dim"),
+                h,
+                format!("{root}.0.{output}.weight"),
+                0,
+            ));
+            fixed.push(Fixed::new(
+                key("intermediate_size", "hidden_dim"),
+                config.intermediate_size,
+                format!("{root}.0.{inner}.weight"),
+                0,
+            ));
         }
         if has_positions {
-            fixed.push(Fixed {
-                key: "max_position_embeddings",
-                value: config.max_position_embeddings,
-                tensor: format!("{prefix}.embeddings.position_embeddings.weight"),
-                dim: 0,
-                note: None,
-            });
+            fixed.push(Fixed::new(
+                "max_position_embeddings",
+                config.max_position_embeddings,
+                format!("{prefix}.embeddings.position_embeddings.weight"),
+                0,
+            ));
         }
         if config.type_vocab_size > 0 {
-            fixed.push(Fixed {
-                key: "type_vocab_size",
-                value: config.type_vocab_size,
-                tensor: format!("{prefix}.embeddings.token_type_embeddings.weight"),
-                dim: 0,
-                note: None,
-            });
+            fixed.push(Fixed::new(
+                "type_vocab_size",
+                config.type_vocab_size,
+                format!("{prefix}.embeddings.token_type_embeddings.weight"),
+                0,
+            ));
         }
         if let (Some(span), Some(s)) = (relative_span, &settings) {
             let span_key = if s.position_buckets.is_some() {
@@ -187,13 +200,15 @@ pub(crate) fn check_sizes(
             } else {
                 "max_position_embeddings"
             };
-            fixed.push(Fixed {
-                key: span_key,
-                value: span.saturating_mul(2),
-                tensor: format!("{prefix}.encoder.rel_embeddings.weight"),
-                dim: 0,
-                note: Some(format!("{span}, a table of twice as many rows")),
-            });
+            fixed.push(
+                Fixed::new(
+                    span_key,
+                    span.saturating_mul(2),
+                    format!("{prefix}.encoder.rel_embeddings.weight"),
+                    0,
+                )
+                .with_note(Some(format!("{span}, a table of twice as many rows"))),
+            );
         }
         for f in &fixed {
             let Some(stored) = weights.resolve(&f.tensor, prefix) else {
@@ -251,7 +266,7 @@ pub(crate) fn check_sizes(
             n(config.vocab_size).saturating_mul(n(embedding_width)),
         ),
         (
-            if config.intermediate_size > 2 * h {
+            if config.intermediate_size > h.saturating_mul(2) {
                 key("intermediate_size", "hidden_dim")
             } else {
                 layers_key

@@ -20,7 +20,7 @@ use kdlora_lora::io::{HostTensor, read_safetensors, write_safetensors};
 
 use crate::error::{Result, TrainError};
 use crate::optim::GroupedAdamW;
-use crate::record::load_module;
+use crate::record::{damaged, load_module};
 use crate::run_dir::{
     CheckpointState, RunDir, create_dir, read_json, remove_dir_if_exists, replace_dir, write_json,
 };
@@ -186,8 +186,11 @@ pub fn load_checkpoint_model<B: AutodiffLoraOps>(
         // Not Burn's `load_file`: its decoder panics or aborts on a damaged file.
         return load_module(model, &dir.join(MODEL_RECORD), device);
     }
-    // The reader's message names the file already.
-    let tensors = read_safetensors(&trainable).map_err(|e| checkpoint_error(dir, e.to_string()))?;
+    let tensors = read_safetensors(&trainable).map_err(|e| match e {
+        kdlora_lora::LoraError::BadSafetensors { message, .. } => damaged(&trainable, message),
+        // The reader's message names the file already.
+        other => checkpoint_error(dir, other.to_string()),
+    })?;
     let ids_path = dir.join(TRAINABLE_IDS_FILE);
     let ids: BTreeMap<String, u64> = read_json(&ids_path)?;
     let mut restore = Restore::<B> {
@@ -206,7 +209,7 @@ pub fn load_checkpoint_model<B: AutodiffLoraOps>(
             .map(|name| format!("{name} is not a trainable parameter of this model")),
     );
     if !problems.is_empty() {
-        return Err(checkpoint_error(
+        return Err(damaged(
             &trainable,
             format!(
                 "does not fit the model (checkpoint from another run?): {}",

@@ -147,8 +147,8 @@ pub struct RunConfig {
     /// optimizer steps and at the end of every epoch; 0 picks about 25 lines per epoch.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub logging_steps: usize,
-    /// Keep `checkpoints/` (loop) or `learner/` (learner) after the run finished; by default they
-    /// are removed once `metrics.json` is written (a finished run needs no resume).
+    /// Keep `checkpoints/` (loop) or `learner/checkpoint/` (learner) after the run finished; by
+    /// default they are removed once `metrics.json` is written (a finished run needs no resume).
     #[serde(default, skip_serializing_if = "is_false")]
     pub keep_checkpoints: bool,
     /// Keep the weights of the best epoch (highest dev score; the later one on a tie, as
@@ -156,6 +156,11 @@ pub struct RunConfig {
     /// otherwise.
     #[serde(default, skip_serializing_if = "is_false")]
     pub save_best: bool,
+    /// Batch examples of similar length (the Hugging Face Trainer's `group_by_length`): each
+    /// epoch's shuffled order is cut into windows of 50 batches, each window sorted by length,
+    /// so batches pad less. The batches still come in a seeded random order of windows.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub group_by_length: bool,
     /// Stop after this many epochs even though `epochs` is larger (used to simulate an interrupted
     /// run; the schedule still follows `epochs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +370,11 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "keep the best epoch's weights in best/",
     ),
     key(
+        "group_by_length",
+        Value("false"),
+        "batch examples of similar length (windows of 50 batches sorted by length)",
+    ),
+    key(
         "stop_after_epochs",
         Unset,
         "stop after N epochs (the schedule still follows epochs)",
@@ -420,6 +430,21 @@ pub const CONFIG_KEYS: &[ConfigKey] = &[
         "kd.alpha",
         Value("0.5"),
         "weight of the hard loss (the teacher's gets 1 - alpha)",
+    ),
+    key(
+        "kd.soft_only_epochs",
+        Value("0"),
+        "first epochs on the teacher's loss alone (alpha 0), then the mixed loss",
+    ),
+    key(
+        "kd.alpha_end",
+        Unset,
+        "alpha at the last step, linearly from kd.alpha (unset: constant)",
+    ),
+    key(
+        "kd.temperature_end",
+        Unset,
+        "temperature at the last step, linearly from kd.temperature (unset: constant)",
     ),
 ];
 
@@ -590,7 +615,23 @@ impl RunConfig {
         let at = text.find("\n[").map_or(text.len(), |i| i + 1);
         let (head, tail) = text.split_at(at);
         let head = head.trim_end_matches('\n');
-        Ok(format!("{head}\n{missing}\n{tail}"))
+        let mut out = format!("{head}\n{missing}\n{tail}");
+        // Keys of a table (`kd.soft_only_epochs`) go right below its header.
+        for k in CONFIG_KEYS {
+            let (Some((section, name)), KeyDefault::Value(v)) = (k.key.split_once('.'), k.default)
+            else {
+                continue;
+            };
+            let present = table
+                .get(section)
+                .and_then(|t| t.as_table())
+                .is_some_and(|t| t.contains_key(name));
+            let header = format!("[{section}]\n");
+            if let (false, Some(pos)) = (present, out.find(&header)) {
+                out.insert_str(pos + header.len(), &format!("{name} = {v}\n"));
+            }
+        }
+        Ok(out)
     }
 
     /// The parsed GLUE task.

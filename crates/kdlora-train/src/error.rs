@@ -111,33 +111,10 @@ pub enum TrainError {
     #[error("distillation: {0}")]
     Distill(#[from] kdlora_distill::DistillError),
 
-    /// A model argument looks like a path (or is not a valid Hub id) and does not exist.
-    #[error(
-        "model folder {path} not found (a path is never looked up on the Hugging Face Hub; Hub ids \
-         look like `org/name` or `org/name@revision`)"
-    )]
-    ModelNotFound {
-        /// The path as given.
-        path: PathBuf,
-    },
-
-    /// A Hugging Face Hub model id could not be resolved to a complete local snapshot
-    /// (not cached while offline, missing file, download failure).
-    #[error(
-        "Hugging Face model `{id}` at revision `{revision}`: {reason} (cache searched: {cache})"
-    )]
-    Hub {
-        /// Repository id (`org/name`).
-        id: String,
-        /// Revision asked for (`main` by default).
-        revision: String,
-        /// The file that is missing or failed, when one is to blame.
-        file: Option<String>,
-        /// The Hugging Face hub cache folder searched (and downloaded into).
-        cache: PathBuf,
-        /// What went wrong and what to do about it.
-        reason: String,
-    },
+    /// A model argument could not be resolved to a local folder (a missing path, or a Hugging
+    /// Face Hub id not cached while offline, not found or not downloadable).
+    #[error(transparent)]
+    Hub(#[from] kdlora_hub::HubError),
 
     /// A Burn recorder failed to save or load a checkpoint.
     #[error("checkpoint {path}: {message}")]

@@ -13,21 +13,10 @@ use kdlora_lora::LoraOps;
 use crate::config::RunConfig;
 use crate::data::SplitData;
 use crate::error::{Result, TrainError};
-use crate::hub::resolve_model_path;
 use crate::run_dir::RunDir;
+use kdlora_hub::resolve_model_path;
 
-/// Name of the tokenizer file in model folders.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
-/// Files copied next to a saved model so the folder is self-contained.
-pub(crate) const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-];
+pub use kdlora_schema::{TOKENIZER_FILE, TOKENIZER_FILES};
 
 /// A model ready for inference, with its tokenizer and (for run folders) its configuration.
 #[derive(Debug)]
@@ -163,7 +152,7 @@ fn same_base(recorded: &str, base_dir: &Path) -> bool {
         return true;
     }
     let last = |s: &str| s.rsplit(['/', '\\']).next().unwrap_or(s).to_string();
-    if let Some(hub) = crate::hub::hub_source(base_dir)
+    if let Some(hub) = kdlora_hub::hub_source(base_dir)
         && (hub.id == recorded || last(&hub.id) == last(recorded))
     {
         return true;
@@ -196,7 +185,7 @@ pub fn tokenizer_dir(path: &Path) -> PathBuf {
 }
 
 /// Loads a run folder (FFT: `model/`; LoRA: base model + `adapter/`), a plain Hugging Face
-/// model folder or a Hub id ([`resolve_model`](crate::resolve_model)). `num_labels` is used for
+/// model folder or a Hub id ([`resolve_model`](kdlora_hub::resolve_model)). `num_labels` is used for
 /// plain folders without a matching head (fresh head).
 pub fn load_model<B: LoraOps>(
     path: &Path,

@@ -15,9 +15,11 @@
 //!   micro-batch and drops a trailing partial group, so it is not used);
 //! - one valid-loader item is the whole dev evaluation of an epoch (GLUE metrics such as MCC and
 //!   F1 are not means over batches, which is all burn-train's metric store aggregates);
-//! - no burn-train metrics, a [`QuietRenderer`] (the default CLI renderer prints every item to
-//!   stdout), a [`NullMetricLogger`] and no application logger (the default installs a global
-//!   tracing subscriber and panic hook);
+//! - burn-train's file metric logger with the step loss, the learning rate and the dev score
+//!   ([`ScalarMetric`]) under `RUN/learner/{train,valid}/epoch-N/`, a [`QuietRenderer`] (the
+//!   default CLI renderer prints every item to stdout; its TUI needs burn's `tui` feature, which
+//!   kdlora does not build) and no application logger (the default installs a global tracing
+//!   subscriber and panic hook);
 //! - a NaN/infinite loss or gradient norm stores [`TrainError::NonFiniteLoss`] and stops the
 //!   run through burn-train's `Interrupter`, before that epoch's evaluation and checkpoint.
 
@@ -35,9 +37,11 @@ use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FileRecorder, FullPrecisionSettings};
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
-use burn::train::logger::MetricLogger;
-use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
-use burn::train::metric::{MetricDefinition, NumericEntry};
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::{
+    Adaptor, LearningRateMetric, Metric, MetricAttributes, MetricDefinition, MetricMetadata,
+    MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
 use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
@@ -56,8 +60,8 @@ use crate::progress::{StepInfo, StepRecord, TrainObserver};
 use crate::record::load_record;
 use crate::run_dir::{read_jsonl, write_jsonl};
 use crate::runner::{
-    EpochRecord, RunContext, RunMetrics, Totals, epoch_batches, evaluate_epoch, finish,
-    group_gradients, is_best, log_param_groups, mix_seed, save_best,
+    EpochRecord, RunContext, RunMetrics, Totals, evaluate_epoch, finish, group_gradients, is_best,
+    log_param_groups, mix_seed, save_best,
 };
 use crate::step_log::StepLog;
 
@@ -206,9 +210,20 @@ pub(crate) struct StepBatch<B: Backend> {
     device: B::Device,
 }
 
-/// The output of a train step (everything is recorded in [`Shared`]; burn-train gets nothing to
-/// aggregate).
-pub(crate) struct StepDone;
+/// The output of a train step: everything is recorded in [`Shared`]; burn-train's metric logger
+/// gets the step's mean loss (weighted by its examples) through [`ScalarMetric`].
+pub(crate) struct StepDone {
+    loss: f64,
+    examples: usize,
+}
+
+impl StepDone {
+    /// A step that did nothing (the run is stopping): no weight in the epoch's mean.
+    const NOTHING: StepDone = StepDone {
+        loss: 0.0,
+        examples: 0,
+    };
+}
 
 impl ItemLazy for StepDone {
     type ItemSync = StepDone;
@@ -223,8 +238,10 @@ pub(crate) struct DevPass<B: Backend> {
     device: B::Device,
 }
 
-/// The output of a dev evaluation.
-pub(crate) struct DevDone;
+/// The output of a dev evaluation: the task's score (x100), for burn-train's metric logger.
+pub(crate) struct DevDone {
+    score: Option<f64>,
+}
 
 impl ItemLazy for DevDone {
     type ItemSync = DevDone;
@@ -242,7 +259,7 @@ impl<B: AutodiffLoraOps> TrainStep for StudentStep<B> {
         let shared = &self.shared;
         let nothing = || TrainOutput {
             grads: GradientsParams::new(),
-            item: StepDone,
+            item: StepDone::NOTHING,
         };
         if shared.stopping() {
             return nothing();
@@ -264,6 +281,10 @@ impl<B: AutodiffLoraOps> TrainStep for StudentStep<B> {
         ) {
             Ok(out) => {
                 let parts = out.mean_parts();
+                let done = StepDone {
+                    loss: out.losses.iter().sum::<f64>() / out.losses.len().max(1) as f64,
+                    examples: out.examples,
+                };
                 shared.state().pending = Some(Pending {
                     start,
                     step: item.step,
@@ -274,7 +295,7 @@ impl<B: AutodiffLoraOps> TrainStep for StudentStep<B> {
                 });
                 TrainOutput {
                     grads: out.grads,
-                    item: StepDone,
+                    item: done,
                 }
             }
             // Empty gradients make the optimizer step that follows a no-op; burn-train then
@@ -294,7 +315,7 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
     fn step(&self, item: DevPass<B>) -> DevDone {
         let shared = &self.shared;
         if shared.stopping() {
-            return DevDone;
+            return DevDone { score: None };
         }
         let mut st = shared.state();
         let result = evaluate_epoch(
@@ -313,8 +334,11 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
             Err(e) => {
                 drop(st);
                 shared.fail(e);
-                return DevDone;
+                return DevDone { score: None };
             }
+        };
+        let done = DevDone {
+            score: Some(record.score),
         };
         shared.send(Event::EpochEnd(record.epoch, record.score));
         // As the loop: before this epoch's checkpoint, which burn-train writes after this item.
@@ -324,7 +348,7 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
         {
             drop(st);
             shared.fail(e);
-            return DevDone;
+            return done;
         }
         st.epochs_completed = record.epoch;
         st.records.push(record);
@@ -337,7 +361,7 @@ impl<B: LoraOps> InferenceStep for StudentStep<B> {
             drop(st);
             shared.fail(e);
         }
-        DevDone
+        done
     }
 }
 
@@ -507,7 +531,7 @@ impl LrScheduler for LinearWarmupDecay {
 // ---------------------------------------------------------------------------------------------
 
 /// Train loader: one item per optimizer step, in the loop's seeded order
-/// ([`epoch_batches`]); the epoch counter is shared by all device copies and starts at the resumed
+/// ([`RunContext::epoch_batches`]); the epoch counter is shared by all device copies and starts at the resumed
 /// epoch, so a resumed run sees the same order as an uninterrupted one.
 struct StepLoader<B: Backend> {
     shared: Arc<Shared>,
@@ -558,7 +582,7 @@ impl<B: Backend> DataLoader<B, StepBatch<B>> for StepLoader<B> {
         let groups: Vec<Vec<Vec<usize>>> = if self.shared.stopping() {
             Vec::new()
         } else {
-            epoch_batches(n, ctx.cfg.batch_size, ctx.cfg.seed, epoch)
+            ctx.epoch_batches(epoch)
                 .chunks(ctx.cfg.grad_accumulation)
                 .map(<[Vec<usize>]>::to_vec)
                 .collect()
@@ -646,7 +670,7 @@ impl<B: Backend> DataLoader<B, DevPass<B>> for DevLoader<B> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Quiet renderer and metric logger
+// Quiet renderer and metrics
 // ---------------------------------------------------------------------------------------------
 
 /// Renders nothing: burn-train's default (non-TUI) renderer `println!`s every item, and its
@@ -689,25 +713,92 @@ impl MetricsRenderer for QuietRenderer {
     fn register_metric(&mut self, _definition: MetricDefinition) {}
 }
 
-/// Logs nothing: without a logger burn-train writes `train/` and `valid/epoch-N/` logs into
-/// its folder; the run's own `metrics.jsonl` is the record here.
-pub(crate) struct NullMetricLogger;
+/// One number per item for burn-train's metric logger (`learner/train/epoch-N/Loss.log`,
+/// `learner/valid/epoch-N/Dev score.log`): burn-train's own `LossMetric` wants the loss as a
+/// tensor, and the dev score is not a mean over batches, so neither of its metrics fits.
+#[derive(Clone)]
+pub(crate) struct ScalarMetric {
+    name: MetricName,
+    higher_is_better: bool,
+    state: NumericMetricState,
+}
 
-impl MetricLogger for NullMetricLogger {
-    fn log(&mut self, _update: MetricsUpdate, _epoch: usize, _split: &Split) {}
+/// The input of a [`ScalarMetric`]: a value and its weight in the epoch's mean.
+pub(crate) struct Scalar {
+    value: f64,
+    weight: usize,
+}
 
-    fn read_numeric(
-        &mut self,
-        _name: &str,
-        _epoch: usize,
-        _split: &Split,
-    ) -> std::result::Result<Vec<NumericEntry>, String> {
-        Ok(Vec::new())
+impl ScalarMetric {
+    fn new(name: &str, higher_is_better: bool) -> Self {
+        Self {
+            name: Arc::new(name.to_string()),
+            higher_is_better,
+            state: NumericMetricState::new(),
+        }
+    }
+}
+
+impl Metric for ScalarMetric {
+    type Input = Scalar;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
     }
 
-    fn log_metric_definition(&mut self, _definition: MetricDefinition) {}
+    fn update(&mut self, item: &Scalar, _metadata: &MetricMetadata) -> SerializedEntry {
+        self.state.update(
+            item.value,
+            item.weight,
+            FormatOptions::new(self.name()).precision(4),
+        )
+    }
 
-    fn log_epoch_summary(&mut self, _summary: EpochSummary) {}
+    fn clear(&mut self) {
+        self.state.reset();
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: self.higher_is_better,
+        }
+        .into()
+    }
+}
+
+impl Numeric for ScalarMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
+}
+
+impl Adaptor<Scalar> for StepDone {
+    fn adapt(&self) -> Scalar {
+        Scalar {
+            value: self.loss,
+            weight: self.examples,
+        }
+    }
+}
+
+impl Adaptor<Scalar> for DevDone {
+    fn adapt(&self) -> Scalar {
+        match self.score {
+            Some(score) => Scalar {
+                value: score,
+                weight: 1,
+            },
+            None => Scalar {
+                value: 0.0,
+                weight: 0,
+            },
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -876,7 +967,10 @@ pub(crate) fn train_learner<B: AutodiffLoraOps>(
                         .with_checkpointing_strategy(KeepLastNCheckpoints::new(KEEP_CHECKPOINTS))
                         .with_interrupter(interrupter)
                         .with_application_logger(None)
-                        .with_metric_logger(NullMetricLogger)
+                        // burn-train's own file metric logger (its default) under `learner/`.
+                        .metric_train_numeric(ScalarMetric::new("Loss", false))
+                        .metric_train_numeric(LearningRateMetric::new())
+                        .metric_valid_numeric(ScalarMetric::new("Dev score", true))
                         .renderer(QuietRenderer);
                 let training = match resume_epoch {
                     Some(e) => training.checkpoint(e),

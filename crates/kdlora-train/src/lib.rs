@@ -54,7 +54,6 @@ mod config;
 mod data;
 mod error;
 mod eval;
-mod hub;
 mod learner;
 mod memory;
 mod optim;
@@ -74,10 +73,6 @@ pub use eval::{
     InferenceTiming, LoadedModel, TOKENIZER_FILE, apply_adapter, check_finished,
     check_tokenizer_fits, eval_run, evaluate_model, is_run_dir, load_model, logits, predict_run,
     predictions, time_inference, tokenizer_dir,
-};
-pub use hub::{
-    DEFAULT_ENDPOINT, DEFAULT_REVISION, HubSettings, HubSource, OPTIONAL_FILES, REQUIRED_FILES,
-    ResolvedModel, hub_source, parse_hub_id, resolve_model, resolve_model_in, resolve_model_path,
 };
 pub use memory::{PEAK_RSS_METHOD, peak_rss_bytes};
 pub use optim::{

@@ -224,7 +224,7 @@ impl TrainObserver for BarObserver {
     }
 
     fn on_epoch_end(&mut self, epoch: usize, score: f64) {
-        self.log(|| tracing::info!(epoch, score, "epoch finished"));
+        self.log(|| tracing::info!(epoch, score = %format_args!("{score:.2}"), "epoch finished"));
     }
 
     fn on_finish(&mut self) {

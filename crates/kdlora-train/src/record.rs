@@ -353,6 +353,21 @@ impl<'de> Decoder<'de> {
         self.path.pop();
         result
     }
+
+    /// Decodes one named element; `param_id` says it is a parameter id (checked as one).
+    fn decode_at<T: DeserializeSeed<'de>>(
+        &mut self,
+        name: String,
+        param_id: bool,
+        seed: T,
+    ) -> DResult<T::Value> {
+        self.at(name, |de| {
+            de.param_id_next = param_id;
+            let value = seed.deserialize(&mut *de);
+            de.param_id_next = false;
+            value
+        })
+    }
 }
 
 macro_rules! unsigned {
@@ -595,14 +610,7 @@ impl<'de> SeqAccess<'de> for Elements<'_, 'de> {
         };
         self.index += 1;
         let id = self.ids && name == "id";
-        self.de
-            .at(name, |de| {
-                de.param_id_next = id;
-                let value = seed.deserialize(&mut *de);
-                de.param_id_next = false;
-                value
-            })
-            .map(Some)
+        self.de.decode_at(name, id, seed).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -627,14 +635,7 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
         self.left -= 1;
         let name = format!("[entry {}]", self.index);
         // The maps of kdlora's records (optimizer states) are keyed by parameter id.
-        self.de
-            .at(name, |de| {
-                de.param_id_next = true;
-                let key = seed.deserialize(&mut *de);
-                de.param_id_next = false;
-                key
-            })
-            .map(Some)
+        self.de.decode_at(name, true, seed).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> DResult<V::Value> {

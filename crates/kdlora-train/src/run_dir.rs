@@ -70,7 +70,8 @@ impl RunDir {
     }
 
     /// `learner/`: burn-train's folder of `engine = "learner"` runs (`checkpoint/` with the
-    /// epoch-boundary checkpoints `{model,optim,scheduler}-EPOCH.bin`).
+    /// epoch-boundary checkpoints `{model,optim,scheduler}-EPOCH.bin`, and its metric logs
+    /// `{train,valid}/epoch-N/*.log`).
     pub fn learner_dir(&self) -> PathBuf {
         self.root.join("learner")
     }

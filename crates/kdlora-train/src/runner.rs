@@ -284,15 +284,30 @@ pub(crate) fn mix_seed(seed: u64, stream: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Micro-batches (positions) of an epoch in the seeded shuffled order.
+/// Batches per window of [`epoch_batches`] with `lengths` (as the Hugging Face Trainer's
+/// `LengthGroupedSampler` groups 50 batches).
+const LENGTH_WINDOW_BATCHES: usize = 50;
+
+/// Micro-batches (positions) of an epoch in the seeded shuffled order (0-based `epoch`). With
+/// `lengths` (token counts by position), each window of [`LENGTH_WINDOW_BATCHES`] batches of
+/// that order is sorted by length, longest first, before it is cut into batches: batches pad
+/// less, while which examples share a window stays random.
 pub(crate) fn epoch_batches(
     n: usize,
     batch_size: usize,
     seed: u64,
     epoch: usize,
+    lengths: Option<&[usize]>,
 ) -> Vec<Vec<usize>> {
+    let batch_size = batch_size.max(1);
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut StdRng::seed_from_u64(mix_seed(seed, 1, epoch as u64)));
+    if let Some(lengths) = lengths {
+        for window in order.chunks_mut(batch_size * LENGTH_WINDOW_BATCHES) {
+            // Stable: equal lengths keep their shuffled order.
+            window.sort_by_key(|&p| std::cmp::Reverse(lengths.get(p).copied().unwrap_or(0)));
+        }
+    }
     order.chunks(batch_size).map(<[usize]>::to_vec).collect()
 }
 
@@ -427,8 +442,10 @@ pub(crate) fn group_gradients<B: AutodiffLoraOps>(
         examples: 0,
         parts: None,
     };
+    // This step's distillation settings (constant unless `kd` schedules them).
+    let kd = ctx.cfg.kd.at(epoch, run_progress(step, ctx.total_steps()));
     for positions in group {
-        let (loss, parts) = micro_batch_loss(ctx, teacher, model, positions, device)?;
+        let (loss, parts) = micro_batch_loss(ctx, teacher, model, positions, device, &kd)?;
         let value: f64 = loss.clone().into_scalar().elem::<f64>();
         if let Some([task, kd]) = parts {
             // Read on the inner backend: the values only, nothing joins the autodiff graph.
@@ -459,6 +476,14 @@ pub(crate) fn group_gradients<B: AutodiffLoraOps>(
     Ok(out)
 }
 
+/// Where 1-based optimizer `step` lies in a run of `total` steps: 0 at the first, 1 at the last.
+fn run_progress(step: usize, total: usize) -> f64 {
+    if total <= 1 {
+        return 0.0;
+    }
+    (step.saturating_sub(1) as f64 / (total - 1) as f64).min(1.0)
+}
+
 /// A micro-batch's loss and, with a teacher, its two parts (against the labels, against the
 /// teacher).
 type MicroBatchLoss<B> = (Tensor<B, 1>, Option<[Tensor<B, 1>; 2]>);
@@ -471,6 +496,7 @@ fn micro_batch_loss<B: AutodiffLoraOps>(
     model: &SequenceClassifier<B>,
     positions: &[usize],
     device: &B::Device,
+    kd: &kdlora_distill::KdConfig,
 ) -> Result<MicroBatchLoss<B>> {
     let cfg = &ctx.cfg;
     let batch = ctx.train_data.batch::<B>(&ctx.batcher, positions, device)?;
@@ -489,9 +515,9 @@ fn micro_batch_loss<B: AutodiffLoraOps>(
             let n = s.dims()[0];
             return Ok(((logits.reshape([n]) - s).square().mean(), None));
         }
-        (GlueLabels::Class(l), Some(t)) => kdlora_distill::try_kd_loss(logits, t, l, &cfg.kd)?,
+        (GlueLabels::Class(l), Some(t)) => kdlora_distill::try_kd_loss(logits, t, l, kd)?,
         (GlueLabels::Score(s), Some(t)) => {
-            kdlora_distill::try_regression_kd_loss(logits, t, s, &cfg.kd)?
+            kdlora_distill::try_regression_kd_loss(logits, t, s, kd)?
         }
     };
     Ok((kd.total, Some([kd.hard, kd.soft])))
@@ -524,7 +550,7 @@ pub(crate) struct RunContext {
     /// The configuration with paths expanded and the model resolved to a local folder.
     pub(crate) cfg: RunConfig,
     /// The Hub repository the model folder is a snapshot of.
-    pub(crate) model_hub: Option<crate::hub::HubSource>,
+    pub(crate) model_hub: Option<kdlora_hub::HubSource>,
     pub(crate) task: GlueTask,
     pub(crate) run: RunDir,
     pub(crate) batcher: GlueBatcher,
@@ -544,6 +570,25 @@ impl RunContext {
             .len()
             .div_ceil(self.cfg.batch_size)
             .div_ceil(self.cfg.grad_accumulation)
+    }
+
+    /// The micro-batches of 0-based `epoch` ([`epoch_batches`], grouped by length when the run
+    /// asks for it).
+    pub(crate) fn epoch_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let lengths: Option<Vec<usize>> = self.cfg.group_by_length.then(|| {
+            self.train_data
+                .encoded
+                .iter()
+                .map(|e| e.input_ids.len())
+                .collect()
+        });
+        epoch_batches(
+            self.train_data.len(),
+            self.cfg.batch_size,
+            self.cfg.seed,
+            epoch,
+            lengths.as_deref(),
+        )
     }
 
     /// Optimizer steps of the whole run (the schedule follows `epochs`, not `stop_after_epochs`).
@@ -613,11 +658,27 @@ fn prepare<B: AutodiffLoraOps>(
     cfg.kd
         .validate()
         .map_err(|e| TrainError::invalid("kd", e.to_string()))?;
+    if cfg.kd.soft_only_epochs > cfg.epochs {
+        return Err(TrainError::invalid(
+            "kd.soft_only_epochs",
+            format!(
+                "{} soft-only epochs in a run of {} (epochs)",
+                cfg.kd.soft_only_epochs, cfg.epochs
+            ),
+        ));
+    }
+    if !cfg.kd.is_constant() && !cfg.method.uses_teacher() {
+        return Err(TrainError::invalid(
+            "kd",
+            "soft_only_epochs, alpha_end and temperature_end schedule the loss against a \
+             teacher; this run has none (method kd-lora or kd with `teacher`)",
+        ));
+    }
     // A Hub id (`org/name[@rev]`) becomes its cached (or downloaded) snapshot folder; the saved
     // config.toml records that local folder, so eval/predict of the run work offline.
-    let resolved = crate::hub::resolve_model_in(
+    let resolved = kdlora_hub::resolve_model_in(
         &cfg.model.to_string_lossy(),
-        &crate::hub::HubSettings::from_env(),
+        &kdlora_hub::HubSettings::from_env(),
     )?;
     cfg.model = absolute(&resolved.path);
     let model_hub = resolved.hub;
@@ -868,7 +929,7 @@ fn train_loop<B: AutodiffLoraOps>(
     observer.on_start(ctx.end_step(), state.global_step);
     let mut lr = linear_schedule(cfg.lr, state.global_step, total_steps, warmup);
     for epoch in state.epochs_completed..stop_epoch {
-        let batches = epoch_batches(ctx.train_data.len(), cfg.batch_size, cfg.seed, epoch);
+        let batches = ctx.epoch_batches(epoch);
         let skip = state.batches_in_epoch;
         let groups_of_epoch: Vec<&[Vec<usize>]> =
             batches[skip..].chunks(cfg.grad_accumulation).collect();
@@ -1057,14 +1118,20 @@ pub(crate) fn evaluate_epoch<B: LoraOps>(
         train_seconds,
         eval_seconds: eval_start.elapsed().as_secs_f64(),
     };
+    // Rounded for the log only; metrics.jsonl keeps full precision.
     tracing::info!(
         epoch = record.epoch,
-        train_loss = record.train_loss,
-        score = record.score,
-        score_mismatched = record.score_mismatched,
+        train_loss = rounded(record.train_loss, 4),
+        score = rounded(record.score, 2),
+        score_mismatched = record.score_mismatched.map(|s| rounded(s, 2)),
         "epoch evaluated"
     );
     Ok(record)
+}
+
+fn rounded(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
 }
 
 /// The final outputs of a run, for both engines: `adapter/` or `model/`, the inference timing and
@@ -1177,7 +1244,7 @@ pub(crate) fn finish<B: LoraOps>(
         // optimizer moments for full fine-tuning) are only kept when asked.
         if !cfg.keep_checkpoints {
             remove_dir_if_exists(&run.checkpoints())?;
-            remove_dir_if_exists(&run.learner_dir())?;
+            remove_dir_if_exists(&run.learner_dir().join("checkpoint"))?;
         }
     }
     remove_stale_temporaries(run)?;
@@ -1267,6 +1334,56 @@ pub(crate) fn save_best<B: LoraOps>(ctx: &RunContext, valid: &SequenceClassifier
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouping_by_length_sorts_windows_and_keeps_the_epochs_examples() {
+        let n = 250;
+        // Lengths 5..=64 spread over positions.
+        let lengths: Vec<usize> = (0..n).map(|p| 5 + (p * 37) % 60).collect();
+        let plain = epoch_batches(n, 2, 7, 0, None);
+        let grouped = epoch_batches(n, 2, 7, 0, Some(&lengths));
+        let flat = |b: &[Vec<usize>]| b.iter().flatten().copied().collect::<Vec<usize>>();
+        let (plain_order, grouped_order) = (flat(&plain), flat(&grouped));
+        // The same examples, each once, in batches of the same sizes.
+        let mut sorted = grouped_order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        assert_eq!(
+            grouped.iter().map(Vec::len).collect::<Vec<_>>(),
+            plain.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        // Each window of 50 batches holds the plain order's examples, longest first.
+        let window = 2 * LENGTH_WINDOW_BATCHES;
+        for (g, p) in grouped_order.chunks(window).zip(plain_order.chunks(window)) {
+            let mut a = g.to_vec();
+            let mut b = p.to_vec();
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b);
+            assert!(g.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
+        }
+        // Padding: the summed batch maxima shrink.
+        let padded = |b: &[Vec<usize>]| -> usize {
+            b.iter()
+                .map(|batch| batch.len() * batch.iter().map(|&p| lengths[p]).max().unwrap())
+                .sum()
+        };
+        assert!(padded(&grouped) < padded(&plain));
+        // Other epochs shuffle differently.
+        assert_ne!(
+            flat(&epoch_batches(n, 2, 7, 1, Some(&lengths))),
+            grouped_order
+        );
+    }
+
+    #[test]
+    fn run_progress_runs_from_the_first_step_to_the_last() {
+        assert_eq!(run_progress(1, 10), 0.0);
+        assert_eq!(run_progress(10, 10), 1.0);
+        assert!((run_progress(4, 10) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(run_progress(1, 1), 0.0);
+        assert_eq!(run_progress(12, 10), 1.0);
+    }
 
     fn run_config(extra: &str) -> RunConfig {
         toml::from_str(&format!(

@@ -4,7 +4,7 @@
 //! The tests share the process-wide CPU RNG (Burn's ndarray seed is global), so they run one at
 //! a time under a lock.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use kdlora_train::{
@@ -30,6 +30,39 @@ fn rows(dir: &Path) -> Vec<EpochRecord> {
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap()
+}
+
+/// burn-train's file metric logger wrote, per epoch, one `loss,examples` line per optimizer step
+/// (the examples adding up to the epoch's `examples`) and the learning rate, and one
+/// `score,1` line for the dev evaluation equal to the epoch's score in `metrics.jsonl`.
+fn assert_burn_train_metric_logs(run: &Path, epochs: &[EpochRecord], examples: usize) {
+    let entries = |file: PathBuf| -> Vec<(f64, usize)> {
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        text.lines()
+            .map(|line| {
+                let (value, count) = line.split_once(',').expect("value,count");
+                (value.parse().unwrap(), count.parse().unwrap())
+            })
+            .collect()
+    };
+    for record in epochs {
+        let train = run.join(format!("learner/train/epoch-{}", record.epoch));
+        let losses = entries(train.join("Loss.log"));
+        assert!(!losses.is_empty());
+        assert!(
+            losses
+                .iter()
+                .all(|(loss, _)| loss.is_finite() && *loss > 0.0)
+        );
+        assert_eq!(losses.iter().map(|(_, n)| n).sum::<usize>(), examples);
+        assert_eq!(entries(train.join("Learning_Rate.log")).len(), losses.len());
+        let valid = run.join(format!("learner/valid/epoch-{}", record.epoch));
+        assert_eq!(
+            entries(valid.join("Dev_score.log")),
+            vec![(record.score, 1)]
+        );
+    }
 }
 
 /// Same seed, same numbers: both engines run the same operations in the same order (shared
@@ -96,8 +129,8 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
     assert_eq!(saved.engine, Engine::Learner);
     assert_eq!(rows(&learner_lora).len(), 2);
     assert_same_run(&loop_lora, &learner_lora);
-    // burn-train wrote its epoch checkpoints (the last two, kept with keep_checkpoints) and
-    // nothing else of its own.
+    // burn-train wrote its epoch checkpoints (the last two, kept with keep_checkpoints), its
+    // metric logs, and no application log.
     let ckpt = learner_lora.join("learner/checkpoint");
     for name in [
         "model-2.bin",
@@ -108,7 +141,7 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
         assert!(ckpt.join(name).is_file(), "{name} missing");
     }
     assert!(!learner_lora.join("learner/experiment.log").exists());
-    assert!(!learner_lora.join("learner/train").exists());
+    assert_burn_train_metric_logs(&learner_lora, &rows(&learner_lora), 48);
     // `kdlora eval` reads the learner's run folder like any other.
     let again = kdlora_train::eval_run::<Inner>(&learner_lora, None, &Default::default()).unwrap();
     assert_eq!(serde_json::to_value(&again).unwrap(), m.last.dev);
@@ -133,8 +166,9 @@ fn learner_engine_matches_the_loop_on_lora_and_kd_lora() {
             .is_file()
     );
     assert!(learner_kd.join("teacher_logits.safetensors").is_file());
-    // Without keep_checkpoints a finished run keeps none.
-    assert!(!learner_kd.join("learner").exists());
+    // Without keep_checkpoints a finished run keeps no checkpoint, but burn-train's metric logs.
+    assert!(!learner_kd.join("learner/checkpoint").exists());
+    assert_burn_train_metric_logs(&learner_kd, &rows(&learner_kd), 48);
     assert!(!loop_kd.join("checkpoints").exists());
     assert_same_run(&loop_kd, &learner_kd);
     // Both engines log the same steps and losses (the KD runs with their two parts).

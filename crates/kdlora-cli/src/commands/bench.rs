@@ -157,7 +157,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         return reexec_with_threads(threads);
     }
     // Resolved (and downloaded) before any timing starts.
-    args.model = kdlora_train::resolve_model_path(&args.model)?;
+    args.model = kdlora_hub::resolve_model_path(&args.model)?;
     let result = match args.mode {
         Mode::Inference => args.device.run(Infer { args })?,
         _ => args.device.run_autodiff(Train { args })?,
@@ -384,7 +384,7 @@ fn result(
         version: env!("CARGO_PKG_VERSION"),
         mode: args.mode.name(),
         // A Hub snapshot folder is named by its commit: report the repository instead.
-        model: kdlora_train::hub_source(&args.model).map_or_else(
+        model: kdlora_hub::hub_source(&args.model).map_or_else(
             || {
                 args.model
                     .file_stem()

@@ -81,7 +81,7 @@ pub(crate) struct Prepared {
 
 /// Runs the verb.
 pub fn run(mut args: Args) -> anyhow::Result<()> {
-    args.model = kdlora_train::resolve_model_path(&args.model)?;
+    args.model = kdlora_hub::resolve_model_path(&args.model)?;
     let device = args.device;
     device.run(Logits { args })
 }

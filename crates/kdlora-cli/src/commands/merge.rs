@@ -12,19 +12,6 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::runs::{self, Labels};
 
-/// Tokenizer files copied from the base folder when present.
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spm.model",
-    "sentencepiece.bpe.model",
-];
-
 /// Floating-point type of the merged weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DtypeArg {
@@ -83,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     type B = NdArray<f32>;
     let adapter = runs::adapter_dir(&args.adapter);
     let model_dir = match &args.model {
-        Some(model) => kdlora_train::resolve_model_path(model)?,
+        Some(model) => kdlora_hub::resolve_model_path(model)?,
         None => runs::adapter_base(&adapter)?,
     };
     let device = Default::default();
@@ -119,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         labels.as_ref(),
     )?;
     let mut copied = Vec::new();
-    for name in TOKENIZER_FILES {
+    for name in kdlora_schema::TOKENIZER_FILES {
         let from = model_dir.join(name);
         if from.is_file() {
             let bytes =

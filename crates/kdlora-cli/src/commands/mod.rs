@@ -7,6 +7,7 @@ pub mod merge;
 pub mod predict;
 mod runs;
 pub mod score;
+pub mod student;
 mod texts;
 pub mod train;
 

@@ -67,7 +67,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
     };
     if let Some(input) = args.input.clone() {
-        let n = device.run(PredictTexts { args, task, input })?;
+        let n = device.run(Predict {
+            args,
+            task,
+            source: Source::Texts(input),
+        })?;
         eprintln!("wrote {n} predictions");
         return Ok(());
     }
@@ -86,8 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let n = device.run(Predict {
         args,
         task,
-        data,
-        split,
+        source: Source::Split { data, split },
     })?;
     eprintln!("wrote {n} predictions");
     Ok(())
@@ -96,40 +99,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 struct Predict {
     args: Args,
     task: GlueTask,
-    data: PathBuf,
-    split: Split,
+    source: Source,
+}
+
+/// What `predict` classifies.
+enum Source {
+    /// A GLUE split, to a submission file.
+    Split { data: PathBuf, split: Split },
+    /// A file of texts (`--input`), to JSON lines.
+    Texts(PathBuf),
 }
 
 impl BackendTask for Predict {
     type Output = usize;
 
     fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<usize> {
-        let out = self.args.out.as_deref().context("--out is required")?;
-        Ok(kdlora_train::predict_run::<B>(
-            &self.args.run,
-            self.task,
-            &self.data,
-            self.split,
-            out,
-            &device,
-        )?)
+        match &self.source {
+            Source::Split { data, split } => {
+                let out = self.args.out.as_deref().context("--out is required")?;
+                Ok(kdlora_train::predict_run::<B>(
+                    &self.args.run,
+                    self.task,
+                    data,
+                    *split,
+                    out,
+                    &device,
+                )?)
+            }
+            Source::Texts(input) => self.predict_texts::<B>(input, &device),
+        }
     }
 }
 
-struct PredictTexts {
-    args: Args,
-    task: GlueTask,
-    input: PathBuf,
-}
-
-impl BackendTask for PredictTexts {
-    type Output = usize;
-
-    fn run<B: LoraOps>(self, device: B::Device) -> anyhow::Result<usize> {
-        let bytes = super::logits::read_input(&self.input)?;
-        let rows = super::texts::read_texts(&self.input, &bytes, Some(self.task))?;
+impl Predict {
+    fn predict_texts<B: LoraOps>(
+        &self,
+        input: &std::path::Path,
+        device: &B::Device,
+    ) -> anyhow::Result<usize> {
+        let bytes = super::logits::read_input(input)?;
+        let rows = super::texts::read_texts(input, &bytes, Some(self.task))?;
         let mut loaded =
-            kdlora_train::load_model::<B>(&self.args.run, Some(self.task.num_labels()), &device)?;
+            kdlora_train::load_model::<B>(&self.args.run, Some(self.task.num_labels()), device)?;
         if let Some(cfg) = &loaded.config {
             let run_task = cfg.glue_task()?;
             if run_task != self.task {
@@ -164,39 +175,41 @@ impl BackendTask for PredictTexts {
             .collect();
         let batch_size = loaded.config.as_ref().map_or(64, |c| c.eval_batch_size);
         let labels = Labels::of_task(self.task);
-        let mut out: Box<dyn Write> = match &self.args.out {
-            Some(path) => {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?,
-                ))
-            }
-            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-        };
         for input in &prepared {
             loaded
                 .model
                 .check_sequence(&input.ids, &input.mask, &input.types)
                 .with_context(|| input.origin.clone())?;
         }
+        // A file is written whole at the end (never a truncated one); stdout streams.
+        let mut file_bytes = Vec::new();
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        let out: &mut dyn Write = match &self.args.out {
+            Some(_) => &mut file_bytes,
+            None => &mut stdout,
+        };
         let mut index = 0;
         for batch in prepared.chunks(batch_size.max(1)) {
-            let logits = super::logits::forward_batch(&loaded.model, batch, &device)?;
+            let logits = super::logits::forward_batch(&loaded.model, batch, device)?;
             for (logits, input) in logits.iter().zip(batch) {
                 super::logits::check_finite(logits, &input.origin)?;
                 let mut line = serde_json::Map::new();
                 line.insert("index".into(), index.into());
                 line.extend(super::texts::prediction(logits, &labels));
-                serde_json::to_writer(&mut out, &line)?;
+                serde_json::to_writer(&mut *out, &line)?;
                 out.write_all(b"\n")?;
                 index += 1;
             }
         }
         out.flush().context("writing the predictions")?;
+        if let Some(path) = &self.args.out {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            kdlora_schema::write_atomic(path, &file_bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         Ok(index)
     }
 }

@@ -81,7 +81,7 @@ pub(crate) fn adapter_base(adapter: &Path) -> anyhow::Result<PathBuf> {
             return Ok(beside);
         }
     }
-    kdlora_train::resolve_model(&recorded).with_context(|| {
+    kdlora_hub::resolve_model(&recorded).with_context(|| {
         format!(
             "the base model `{recorded}` that {} names (give it with --model)",
             config_file.display()

@@ -281,45 +281,33 @@ mod tests {
         assert_eq!((rows[0].text.as_str(), rows[0].pair.clone()), ("a", None));
     }
 
+    /// The error `read_texts` gives for `bytes` read as `name`, which must mention every `needle`.
+    fn assert_refused(name: &str, bytes: &[u8], task: GlueTask, needles: &[&str]) {
+        let err = read_texts(p(name), bytes, Some(task))
+            .unwrap_err()
+            .to_string();
+        for needle in needles {
+            assert!(err.contains(needle), "{needle} not in: {err}");
+        }
+    }
+
     #[test]
     fn bad_rows_name_file_and_line() {
-        let tsv = b"sentence\tlabel\na\t1\nb\n";
-        let err = read_texts(p("x.tsv"), tsv, Some(GlueTask::Sst2))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("x.tsv:3") && err.contains("1 fields"), "{err}");
-        let err = read_texts(p("x.tsv"), b"text2\nb\n", Some(GlueTask::Sst2))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("x.tsv:1") && err.contains("`sentence`"),
-            "{err}"
+        let sst2 = GlueTask::Sst2;
+        assert_refused(
+            "x.tsv",
+            b"sentence\tlabel\na\t1\nb\n",
+            sst2,
+            &["x.tsv:3", "1 fields"],
         );
+        assert_refused("x.tsv", b"text2\nb\n", sst2, &["x.tsv:1", "`sentence`"]);
         let jsonl = b"{\"sentence\": \"a\"}\n{\"sentence\": 3}\n";
-        let err = read_texts(p("x.jsonl"), jsonl, Some(GlueTask::Sst2))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("x.jsonl:2") && err.contains("`sentence`"),
-            "{err}"
-        );
+        assert_refused("x.jsonl", jsonl, sst2, &["x.jsonl:2", "`sentence`"]);
         let jsonl = b"{\"sentence\": \"a\"}\n{\"sentence1\": \"a\"}\n";
-        let err = read_texts(p("x.jsonl"), jsonl, Some(GlueTask::Sst2))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("x.jsonl:2") && err.contains("sentence1"),
-            "{err}"
-        );
+        assert_refused("x.jsonl", jsonl, sst2, &["x.jsonl:2", "sentence1"]);
         // A pair task needs both texts.
-        let err = read_texts(
-            p("x.jsonl"),
-            b"{\"sentence1\": \"a\"}",
-            Some(GlueTask::Mrpc),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("`sentence2`"), "{err}");
+        let jsonl = b"{\"sentence1\": \"a\"}";
+        assert_refused("x.jsonl", jsonl, GlueTask::Mrpc, &["`sentence2`"]);
     }
 
     #[test]

@@ -20,11 +20,7 @@ pub(crate) fn tiny_model() -> PathBuf {
 }
 
 fn kdlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlora"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kdlora")
+    crate::common::kdlora_logging("warn", args)
 }
 
 fn s(p: &Path) -> &str {
@@ -883,6 +879,21 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The case of a `config.json` without `$key`: the message names the file and the key.
+macro_rules! config_without {
+    ($key:literal) => {
+        case(
+            concat!("config.json without ", $key),
+            |d| {
+                logits_text(&config_with(d, |c| {
+                    c.as_object_mut().unwrap().remove($key);
+                }))
+            },
+            &["config.json", concat!("`", $key, "`"), "missing"],
+        )
+    };
+}
+
 fn cases() -> Vec<Case> {
     let mut cases = vec![
         // --- GLUE data -----------------------------------------------------------------------
@@ -1255,51 +1266,11 @@ fn cases() -> Vec<Case> {
             // transformers' default (768) would apply, and the weights say otherwise.
             &["config.json", "`hidden_size`", "missing", "[100, 768]"],
         ),
-        case(
-            "config.json without vocab_size",
-            |d| {
-                logits_text(&config_with(d, |c| {
-                    c.as_object_mut().unwrap().remove("vocab_size");
-                }))
-            },
-            &["config.json", "`vocab_size`", "missing"],
-        ),
-        case(
-            "config.json without num_hidden_layers",
-            |d| {
-                logits_text(&config_with(d, |c| {
-                    c.as_object_mut().unwrap().remove("num_hidden_layers");
-                }))
-            },
-            &["config.json", "`num_hidden_layers`", "missing"],
-        ),
-        case(
-            "config.json without num_attention_heads",
-            |d| {
-                logits_text(&config_with(d, |c| {
-                    c.as_object_mut().unwrap().remove("num_attention_heads");
-                }))
-            },
-            &["config.json", "`num_attention_heads`", "missing"],
-        ),
-        case(
-            "config.json without intermediate_size",
-            |d| {
-                logits_text(&config_with(d, |c| {
-                    c.as_object_mut().unwrap().remove("intermediate_size");
-                }))
-            },
-            &["config.json", "`intermediate_size`", "missing"],
-        ),
-        case(
-            "config.json without max_position_embeddings",
-            |d| {
-                logits_text(&config_with(d, |c| {
-                    c.as_object_mut().unwrap().remove("max_position_embeddings");
-                }))
-            },
-            &["config.json", "`max_position_embeddings`", "missing"],
-        ),
+        config_without!("vocab_size"),
+        config_without!("num_hidden_layers"),
+        config_without!("num_attention_heads"),
+        config_without!("intermediate_size"),
+        config_without!("max_position_embeddings"),
         case(
             "config.json with a vocab_size of 1e12",
             |d| {
@@ -1313,6 +1284,12 @@ fn cases() -> Vec<Case> {
             "config.json with a huge hidden_size",
             |d| logits_text(&config_with(d, |c| c["hidden_size"] = (3u64 << 40).into())),
             &["config.json", "`hidden_size`"],
+        ),
+        // Found by `cargo xtask fuzz --target model_dir`: doubling it overflowed.
+        case(
+            "config.json with hidden_size u64::MAX",
+            |d| logits_text(&config_with(d, |c| c["hidden_size"] = u64::MAX.into())),
+            &["config.json", "hidden_size"],
         ),
         case(
             "config.json with a billion layers",
@@ -2155,7 +2132,7 @@ fn cases() -> Vec<Case> {
         case(
             "--resume from a checkpoint whose weights are truncated",
             |d| interrupted_with(d, |c| truncate(&checkpoint_file(c, false), 100)),
-            &["step-00000002"],
+            &["step-00000002/trainable.safetensors", "is damaged"],
         ),
         case(
             "--resume from a checkpoint whose optimizer state is truncated",

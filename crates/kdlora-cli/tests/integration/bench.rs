@@ -1,13 +1,11 @@
 //! `kdlora bench` end to end on the tiny BERT fixture: one warm-up and one timed step per mode,
 //! one valid JSON object with the documented keys. No timing is asserted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kdlora-encoders/tests/fixtures")
-        .join(name)
+    crate::common::encoder_fixture(name)
 }
 
 fn bench(mode: &str, extra: &[&str]) -> Output {

@@ -9,9 +9,7 @@ use serde_json::Value;
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kdlora-encoders/tests/fixtures")
-        .join(name)
+    crate::common::encoder_fixture(name)
 }
 
 fn read_json(path: &Path) -> Value {

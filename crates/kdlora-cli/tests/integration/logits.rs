@@ -1,20 +1,16 @@
 //! `kdlora logits` end to end on the tiny BERT fixture, against logits from transformers.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
+
+use crate::common::assert_logits_close as assert_close;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kdlora-encoders/tests/fixtures")
-        .join(name)
+    crate::common::encoder_fixture(name)
 }
 
 fn kdlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlora"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kdlora")
+    crate::common::kdlora_logging("warn", args)
 }
 
 /// The `logits` arrays of stdout's JSON lines.
@@ -33,16 +29,6 @@ fn parse_logits(output: &Output) -> Vec<Vec<f64>> {
             serde_json::from_value(value["logits"].clone()).unwrap()
         })
         .collect()
-}
-
-fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>]) {
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(want) {
-        assert_eq!(g.len(), w.len());
-        for (a, b) in g.iter().zip(w) {
-            assert!((a - b).abs() < 1e-4, "{g:?} vs {w:?}");
-        }
-    }
 }
 
 #[test]

@@ -3,18 +3,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/lora")
 }
 
 fn kdlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlora"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running kdlora")
+    crate::common::kdlora_logging("warn", args)
 }
 
 fn expected(variant: &str) -> serde_json::Value {

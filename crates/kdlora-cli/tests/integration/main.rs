@@ -4,9 +4,11 @@
 
 mod bad_input;
 mod bench;
+mod common;
 mod deberta_logits;
 mod kill_resume;
 mod logits;
 mod lora_cli;
 mod run_verbs;
+mod student;
 mod train_logs;

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::bad_input::{tiny_model, write_mnli};
+use crate::common::assert_logits_close as assert_close;
 use crate::train_logs::headless_copy;
 
 const MNLI_LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
@@ -19,11 +20,7 @@ const TEST_ROWS: usize = 5;
 
 /// `kdlora ARGS` with info logging (what a user sees).
 fn kdlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlora"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("running kdlora")
+    crate::common::kdlora_logging("info", args)
 }
 
 /// Stdout and stderr of a successful run.
@@ -113,16 +110,6 @@ fn logits_of(stdout: &str) -> Vec<Vec<f64>> {
         .iter()
         .map(|l| serde_json::from_value(l["logits"].clone()).unwrap())
         .collect()
-}
-
-fn assert_close(a: &[Vec<f64>], b: &[Vec<f64>]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.len(), y.len());
-        for (u, v) in x.iter().zip(y) {
-            assert!((u - v).abs() < 1e-4, "{x:?} vs {y:?}");
-        }
-    }
 }
 
 /// `merge` without `--model` finds the base the adapter records (relative to the run), writes

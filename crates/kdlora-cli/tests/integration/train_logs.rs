@@ -7,7 +7,7 @@
 //! `../shared` needed).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::bad_input::{tiny_model, write_mnli};
 
@@ -37,11 +37,7 @@ fn write_config(dir: &Path, data: &Path, model: &Path, out: &Path, extra: &str) 
 
 /// `kdlora ARGS` with stderr piped (not a terminal) and info logging.
 fn kdlora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlora"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("running kdlora")
+    crate::common::kdlora_logging("info", args)
 }
 
 fn ok(args: &[&str]) -> String {
@@ -343,4 +339,70 @@ fn keep_checkpoints_and_save_best() {
             "{name}"
         );
     }
+}
+
+/// `kd.soft_only_epochs` and `kd.alpha_end`: in the soft-only epoch each step optimises the loss
+/// against the teacher alone; after it, the mix `alpha * task + (1 - alpha) * kd` with alpha on
+/// its line from `kd.alpha` at the run's first step to `kd.alpha_end` at its last.
+#[test]
+fn kd_schedules_set_each_steps_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mnli(&tmp.path().join("glue"), TRAIN_ROWS, 8, 0);
+    let common = format!(
+        "task = \"mnli\"\nmodel = {:?}\ndata = {:?}\nbatch_size = {BATCH}\nlr = 1e-3\n\
+         max_len = 32\nseed = 5\neval_batch_size = 8\nlogging_steps = 1\n",
+        tiny_model(),
+        data
+    );
+    let teacher = tmp.path().join("runs/fft");
+    let fft = tmp.path().join("fft.toml");
+    std::fs::write(
+        &fft,
+        format!("method = \"fft\"\nout = {teacher:?}\nepochs = 1\n{common}"),
+    )
+    .unwrap();
+    ok(&["train", "--config", fft.to_str().unwrap()]);
+    let student = tmp.path().join("runs/kd");
+    let kd = tmp.path().join("kd.toml");
+    std::fs::write(
+        &kd,
+        format!(
+            "method = \"kd-lora\"\nout = {student:?}\nteacher = {teacher:?}\nepochs = 2\n\
+             {common}[lora]\nr = 4\nmodules_to_save = [\"classifier\"]\n\
+             [kd]\nsoft_only_epochs = 1\nalpha = 0.5\nalpha_end = 1.0\n"
+        ),
+    )
+    .unwrap();
+    ok(&["train", "--config", kd.to_str().unwrap()]);
+
+    let log = train_log(&student);
+    let total = 2 * STEPS_PER_EPOCH;
+    assert_eq!(log.len(), total, "one line per step");
+    for record in &log {
+        let step = record["step"].as_u64().unwrap() as f64;
+        let epoch = record["epoch"].as_u64().unwrap();
+        let (loss, task, kd) = (
+            record["loss"].as_f64().unwrap(),
+            record["task_loss"].as_f64().unwrap(),
+            record["kd_loss"].as_f64().unwrap(),
+        );
+        let alpha = if epoch == 1 {
+            0.0
+        } else {
+            0.5 + 0.5 * (step - 1.0) / (total as f64 - 1.0)
+        };
+        let want = alpha * task + (1.0 - alpha) * kd;
+        assert!(
+            (loss - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "step {step}: loss {loss}, task {task}, kd {kd}, alpha {alpha}"
+        );
+    }
+    // The last step follows the labels alone, and the saved configuration keeps the schedule.
+    let last = &log[total - 1];
+    assert!((last["loss"].as_f64().unwrap() - last["task_loss"].as_f64().unwrap()).abs() < 1e-5);
+    let saved = std::fs::read_to_string(student.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("soft_only_epochs = 1") && saved.contains("alpha_end = 1.0"),
+        "{saved}"
+    );
 }

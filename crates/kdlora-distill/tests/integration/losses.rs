@@ -242,7 +242,11 @@ fn kd_loss_mixes_hard_and_soft() {
         let labels = labels_for(4, classes);
         for &temperature in &[1.0, 2.0, 5.0] {
             for &alpha in &ALPHAS {
-                let cfg = KdConfig { temperature, alpha };
+                let cfg = KdConfig {
+                    temperature,
+                    alpha,
+                    ..KdConfig::default()
+                };
                 let out = kd_loss(
                     to_tensor::<B>(&s, &device),
                     to_tensor::<B>(&t, &device),
@@ -318,7 +322,11 @@ fn extreme_logits_stay_finite_and_correct() {
     let labels = vec![1, 0, 2];
     for &temperature in &[1.0, 2.0, 10.0] {
         for &alpha in &[0.0, 0.5, 1.0] {
-            let cfg = KdConfig { temperature, alpha };
+            let cfg = KdConfig {
+                temperature,
+                alpha,
+                ..KdConfig::default()
+            };
             let (g, v) = student_grad(&s, &t, &labels, &cfg);
             let what = format!("extreme T={temperature} alpha={alpha}");
             assert!(
@@ -346,7 +354,11 @@ fn gradients_match_closed_form_and_finite_differences() {
         let labels = labels_for(4, classes);
         for &temperature in &[0.5, 1.0, 2.0, 4.0] {
             for &alpha in &ALPHAS {
-                let cfg = KdConfig { temperature, alpha };
+                let cfg = KdConfig {
+                    temperature,
+                    alpha,
+                    ..KdConfig::default()
+                };
                 let what = format!("C={classes} T={temperature} alpha={alpha}");
                 let (g, _) = student_grad(&s, &t, &labels, &cfg);
                 let closed = grad_ref(&s, &t, &labels, &cfg);
@@ -380,6 +392,7 @@ fn burn_loss_is_consistent_with_its_gradient() {
     let cfg = KdConfig {
         temperature: 3.0,
         alpha: 0.4,
+        ..KdConfig::default()
     };
     let (g, _) = student_grad(&s, &t, &labels, &cfg);
     let eval = |rows: &[Vec<f64>]| {
@@ -423,6 +436,7 @@ fn t_squared_keeps_soft_gradient_scale() {
             &KdConfig {
                 temperature,
                 alpha: 0.0,
+                ..KdConfig::default()
             },
         )
         .0
@@ -470,7 +484,11 @@ fn regression_loss_closed_form_and_gradient() {
     for &alpha in &ALPHAS {
         // The temperature must not matter for regression.
         for &temperature in &[1.0, 4.0] {
-            let cfg = KdConfig { temperature, alpha };
+            let cfg = KdConfig {
+                temperature,
+                alpha,
+                ..KdConfig::default()
+            };
             let student = Tensor::<AD, 2>::from_data(
                 TensorData::new(s.iter().map(|&v| v as f32).collect::<Vec<_>>(), [5, 1]),
                 &device,
@@ -545,6 +563,7 @@ fn try_variants_report_bad_inputs() {
     let bad_cfg = KdConfig {
         temperature: 0.0,
         alpha: 0.5,
+        ..KdConfig::default()
     };
     let err = try_kd_loss(s.clone(), s.clone(), labels.clone(), &bad_cfg).unwrap_err();
     assert!(matches!(
